@@ -1,0 +1,1 @@
+"""FedVSSL: federated self-supervised video learning on Flower, driven by Hydra."""
