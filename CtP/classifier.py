@@ -1,0 +1,120 @@
+"""Fine-tuning model for action recognition: R3D backbone, global average pooling, linear head.
+
+This is the TSN recogniser of the CtP code: ``backbone`` (fine-tuning strides), a parameter-free
+spatio-temporal average pool, then ``cls_head`` (dropout and ``fc_cls``). Its state dict is the
+120 ``backbone.*`` entries followed by ``cls_head.fc_cls.weight`` and ``cls_head.fc_cls.bias``.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from CtP.backbone import R3D, r3d_18
+
+
+class ClsHead(nn.Module):
+    """Dropout then a linear classifier initialised with N(0, 0.001) weights and zero bias.
+
+    Parameters
+    ----------
+    in_channels : int
+        Feature channels.
+    num_classes : int
+        Number of action classes.
+    dropout : float
+        Dropout probability before ``fc_cls``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc_cls = nn.Linear(in_channels, num_classes)
+        nn.init.normal_(self.fc_cls.weight, mean=0.0, std=0.001)
+        nn.init.zeros_(self.fc_cls.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map pooled features ``[B, C]`` to logits ``[B, num_classes]``."""
+        return self.fc_cls(self.dropout(x))
+
+
+class Classifier(nn.Module):
+    """Clip classifier: backbone, global average pooling over (T, H, W), ``cls_head``.
+
+    Parameters
+    ----------
+    backbone : R3D
+        Backbone, usually with the fine-tuning strides.
+    num_classes : int
+        Number of action classes.
+    dropout : float
+        Dropout probability before the final linear layer.
+    """
+
+    def __init__(self, backbone: R3D, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.backbone = backbone
+        self.pool = nn.AdaptiveAvgPool3d(1)  # no parameters: any clip size works
+        self.cls_head = ClsHead(backbone.out_channels, num_classes, dropout)
+
+    def forward(self, imgs: Tensor) -> Tensor:
+        """Classify clips.
+
+        Parameters
+        ----------
+        imgs : Tensor
+            Clips ``[B, 3, T, H, W]``.
+
+        Returns
+        -------
+        Tensor
+            Logits ``[B, num_classes]``.
+        """
+        feats = self.backbone(imgs)  # [B, C, T', H', W']
+        pooled = self.pool(feats).flatten(1)  # [B, C]
+        return self.cls_head(pooled)
+
+    def losses(self, imgs: Tensor, label: Tensor) -> dict[str, Tensor]:
+        """Cross-entropy of the clip logits.
+
+        Parameters
+        ----------
+        imgs : Tensor
+            Clips ``[B, 3, T, H, W]``.
+        label : Tensor
+            0-based class indices ``[B]`` (annotation labels are 1-based: subtract 1).
+
+        Returns
+        -------
+        dict[str, Tensor]
+            ``{"loss_cls": scalar}``.
+        """
+        logits = self(imgs)  # [B, num_classes]
+        if label.shape != logits.shape[:1]:
+            raise ValueError(f"label must be [B={logits.shape[0]}], got {tuple(label.shape)}")
+        return {"loss_cls": F.cross_entropy(logits.float(), label.long())}
+
+
+def build_classifier(*, width: int = 64, num_classes: int, dropout: float = 0.5) -> Classifier:
+    """Build the fine-tuning classifier on an R3D-18 with the fine-tuning strides.
+
+    Parameters
+    ----------
+    width : int
+        Backbone width (64 is R3D-18).
+    num_classes : int
+        Number of action classes (101 for UCF-101, 51 for HMDB-51).
+    dropout : float
+        Dropout probability before ``fc_cls``.
+
+    Returns
+    -------
+    Classifier
+        A freshly initialised model; load pre-trained weights with
+        :func:`CtP.backbone.load_backbone`.
+    """
+    return Classifier(r3d_18(width=width, mode="finetune"), num_classes, dropout)
