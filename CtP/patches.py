@@ -1,0 +1,290 @@
+"""The PatchMask of Catch-the-Patch: patch trajectories, alpha masks and pasting (reference §3.3).
+
+A clip gets ``num_rois`` synthetic "objects": a patch cropped from one of its own frames moves
+along a random box trajectory (location and size key frames, interpolated), is shaped by an
+alpha mask (rectangle, ellipse or diamond, maybe with soft edges, with a varying opacity) and is
+pasted onto most frames. The integer boxes are the regression targets of the pretext task; the
+visibility flags say on which frames a patch was actually pasted.
+
+The reference numbers are for a 112-pixel crop; :meth:`PatchMaskParams.for_crop` scales the
+spatial ones (anchor scales, location velocity) for other crop sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from CtP.sampling import interpolate_keys, sample_key_frames
+
+REFERENCE_CROP = 112  # the crop size that the reference's spatial numbers are given for
+
+
+@dataclass(frozen=True)
+class PatchMaskParams:
+    """Parameters of :class:`PatchMask`; the defaults are the reference's, for a 112 crop.
+
+    Parameters
+    ----------
+    num_rois
+        Patches (trajectories) per clip.
+    scales, ratios
+        Anchor sizes in pixels and aspect ratios (width / height); every pair is an anchor of
+        width ``scale * sqrt(ratio)`` and height ``scale / sqrt(ratio)``.
+    scale_jitter
+        Width and height are each multiplied by ``exp(U(-scale_jitter, scale_jitter))``.
+    key_frame_probs
+        Probabilities of 0, 1, 2 inner key frames for location, size and opacity.
+    loc_velocity
+        Maximum centre movement, pixels per frame between key frames.
+    size_velocity
+        Maximum log-size change per frame between key frames.
+    label_prob
+        Probability that a patch is pasted on a frame (frame 0 and the source frame always).
+    min_size
+        Smallest initial box side in pixels (keeps tiny test crops valid; the reference's is 1).
+    mask_shape_probs
+        Probabilities of the rectangle, ellipse and diamond alpha masks.
+    soft_edge_prob, soft_edge_range
+        Probability of soft mask edges, and the range of the turning point where they start.
+    opacity_range
+        Range of the opacity drawn at each opacity key frame.
+    """
+
+    num_rois: int = 3  # §3.3
+    scales: tuple[float, ...] = (16, 24, 28, 32, 48, 64)  # §3.3, pixels at a 112 crop
+    ratios: tuple[float, ...] = (0.5, 0.67, 0.75, 1.0, 1.33, 1.5, 2.0)  # §3.3
+    scale_jitter: float = 0.18  # §3.3.1
+    key_frame_probs: tuple[float, ...] = (0.5, 0.3, 0.2)  # §3.3, §3.3.2
+    loc_velocity: float = 3.0  # §3.3.4, pixels per frame at a 112 crop
+    size_velocity: float = 0.025  # §3.3.4
+    label_prob: float = 0.8  # §3.3.7
+    min_size: float = 2.0  # project choice, see the docstring (reference: 1)
+    mask_shape_probs: tuple[float, float, float] = (0.5, 0.35, 0.15)  # §3.3.6
+    soft_edge_prob: float = 0.5  # §3.3.6
+    soft_edge_range: tuple[float, float] = (0.30, 0.45)  # §3.3.6
+    opacity_range: tuple[float, float] = (0.8, 1.0)  # §3.3.6
+
+    def __post_init__(self) -> None:
+        if self.num_rois < 1:
+            raise ValueError(f"num_rois must be at least 1, got {self.num_rois}")
+        if not self.scales or not self.ratios or min(*self.scales, *self.ratios) <= 0:
+            raise ValueError("scales and ratios must be non-empty lists of positive numbers")
+        for name in ("key_frame_probs", "mask_shape_probs"):
+            probs = np.asarray(getattr(self, name), dtype=np.float64)
+            if probs.size == 0 or np.any(probs < 0) or not np.isclose(probs.sum(), 1.0):
+                raise ValueError(f"{name} must be probabilities summing to 1, got {probs}")
+        if not 0.0 <= self.label_prob <= 1.0 or not 0.0 <= self.soft_edge_prob <= 1.0:
+            raise ValueError("label_prob and soft_edge_prob must lie in [0, 1]")
+        if self.min_size < 1:
+            raise ValueError(f"min_size must be at least 1 pixel, got {self.min_size}")
+
+    def for_crop(self, crop_size: int) -> PatchMaskParams:
+        """Scale the spatial parameters from the 112-pixel reference crop to ``crop_size``.
+
+        Parameters
+        ----------
+        crop_size
+            Side of the square clip the patches are pasted on.
+
+        Returns
+        -------
+        PatchMaskParams
+            A copy with ``scales`` (at least ``min_size``) and ``loc_velocity`` multiplied by
+            ``crop_size / 112``.
+        """
+        if crop_size < 1:
+            raise ValueError(f"crop_size must be a positive integer, got {crop_size}")
+        factor = crop_size / REFERENCE_CROP
+        scales = tuple(max(s * factor, self.min_size) for s in self.scales)
+        return dataclasses.replace(self, scales=scales, loc_velocity=self.loc_velocity * factor)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One trajectory's appearance: source frame, source crop, base alpha mask, opacity."""
+
+    source: int
+    crop: np.ndarray  # [h_s, w_s, 3] uint8, the source frame at its box
+    base_alpha: np.ndarray  # [h_s, w_s] float32
+    opacity: np.ndarray  # [T] float64
+
+
+class PatchMask:
+    """Paste moving patches onto a clip and return their boxes (reference §3.3).
+
+    Parameters
+    ----------
+    params
+        Sizes, velocities and probabilities (already scaled to the clip's size; see
+        :meth:`PatchMaskParams.for_crop`).
+    """
+
+    def __init__(self, params: PatchMaskParams = PatchMaskParams()) -> None:
+        self.params = params
+        scales = np.asarray(params.scales, dtype=np.float64)
+        root = np.sqrt(np.asarray(params.ratios, dtype=np.float64))
+        # [A, 2] anchor (width, height), A = len(ratios) * len(scales)
+        self.anchors = np.stack(
+            [np.outer(root, scales).ravel(), np.outer(1.0 / root, scales).ravel()], axis=1
+        )
+
+    def __call__(
+        self, frames: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Paste the patches.
+
+        Parameters
+        ----------
+        frames
+            ``[T, S, S, 3]`` uint8 clip (any ``H x W`` works), at least 2 frames.
+        rng
+            Random stream.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            The pasted clip (uint8 ``[T, H, W, 3]``), the integer boxes (int64 ``[N, T, 4]``,
+            ``(x1, y1, x2, y2)`` with ``0 <= x1 < x2 <= W`` and ``0 <= y1 < y2 <= H``) and the
+            visibility flags (bool ``[N, T]``, True where the patch was pasted).
+        """
+        _check_frames(frames, self.params.min_size)
+        num_frames, height, width = frames.shape[:3]
+        initial = self._initial_boxes(width, height, rng)  # [N, 4]
+        trajs = self._move(initial, width, height, num_frames, rng)  # [N, T, 4]
+        boxes = _integer_boxes(trajs, width, height)  # [N, T, 4]
+        layers, visible = [], np.zeros((len(boxes), num_frames), dtype=bool)
+        for i, box in enumerate(boxes):
+            layer = self._make_layer(frames, box, rng)
+            u = np.asarray(rng.random(num_frames), dtype=np.float64)
+            u[[0, layer.source]] = 0.0
+            visible[i] = u <= self.params.label_prob
+            layers.append(layer)
+        return _paste(frames, boxes, layers, visible), boxes, visible
+
+    def _initial_boxes(self, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+        """Anchor shape with jitter at a uniform position (§3.3.1): ``[N, 4]`` float boxes."""
+        p = self.params
+        shapes = self.anchors[rng.integers(len(self.anchors), size=p.num_rois)]
+        shapes = shapes * np.exp(rng.uniform(-p.scale_jitter, p.scale_jitter, (p.num_rois, 2)))
+        shapes[:, 0] = np.clip(shapes[:, 0], p.min_size, width - 1)
+        shapes[:, 1] = np.clip(shapes[:, 1], p.min_size, height - 1)
+        x1 = rng.uniform(0, width - shapes[:, 0])
+        y1 = rng.uniform(0, height - shapes[:, 1])
+        return np.stack([x1, y1, x1 + shapes[:, 0], y1 + shapes[:, 1]], axis=1)
+
+    def _move(
+        self, boxes: np.ndarray, width: int, height: int, num_frames: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Centre and size trajectories from key frames (§3.3.4): ``[N, T, 4]`` float boxes."""
+        p = self.params
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # [N, 2]
+        size = boxes[:, 2:] - boxes[:, :2]  # [N, 2]
+        # the box keeps its initial size inside the image at every location key frame
+        low, high = size / 2, np.array([width, height], dtype=np.float64) - size / 2
+
+        loc_keys = sample_key_frames(num_frames, p.key_frame_probs, rng)
+        centres = [centre]
+        for gap in np.diff(loc_keys):
+            if p.loc_velocity > 0:
+                step = p.loc_velocity * gap
+                centre = np.clip(centre + rng.uniform(-step, step, centre.shape), low, high)
+            centres.append(centre)
+        centre_t = interpolate_keys(np.stack(centres), loc_keys, "random", rng)  # [T, N, 2]
+
+        size_keys = sample_key_frames(num_frames, p.key_frame_probs, rng)
+        sizes = [size]
+        for gap in np.diff(size_keys):
+            if p.size_velocity > 0:
+                step = p.size_velocity * gap
+                size = size * np.exp(rng.uniform(-step, step, size.shape))
+            sizes.append(size)
+        size_t = interpolate_keys(np.stack(sizes), size_keys, "random", rng)  # [T, N, 2]
+
+        trajs = np.concatenate([centre_t - size_t / 2, centre_t + size_t / 2], axis=2)
+        trajs[..., 0::2] = np.clip(trajs[..., 0::2], 0, width)
+        trajs[..., 1::2] = np.clip(trajs[..., 1::2], 0, height)
+        return trajs.transpose(1, 0, 2)
+
+    def _make_layer(self, frames: np.ndarray, box: np.ndarray, rng: np.random.Generator) -> _Layer:
+        """Source frame, crop, alpha mask and opacity schedule of one trajectory (§3.3.5-6)."""
+        p = self.params
+        source = int(rng.integers(len(frames)))
+        x1, y1, x2, y2 = box[source]
+        crop = frames[source, y1:y2, x1:x2]  # [h_s, w_s, 3]
+        base_alpha = _base_alpha(int(x2 - x1), int(y2 - y1), p, rng)
+        keys = sample_key_frames(len(frames), p.key_frame_probs, rng)
+        key_opacity = rng.uniform(*p.opacity_range, size=len(keys))
+        opacity = interpolate_keys(key_opacity, keys, "uniform")  # [T]
+        return _Layer(source, crop, base_alpha, opacity)
+
+
+def _check_frames(frames: np.ndarray, min_size: float) -> None:
+    """Raise one clear error unless ``frames`` is a uint8 ``[T>=2, H, W, 3]`` clip."""
+    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3:
+        shape = getattr(frames, "shape", None)
+        raise ValueError(f"PatchMask needs frames shaped [T, H, W, 3], got {shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"PatchMask needs uint8 frames, got {frames.dtype}; convert them first")
+    if frames.shape[0] < 2:
+        raise ValueError(f"PatchMask needs a clip of at least 2 frames, got {frames.shape[0]}")
+    if min(frames.shape[1:3]) <= min_size:
+        raise ValueError(
+            f"frames of {frames.shape[2]}x{frames.shape[1]} are too small for patches of at "
+            f"least {min_size} pixels; use larger frames or a smaller min_size"
+        )
+
+
+def _integer_boxes(trajs: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Round to integers and clip to the image (§3.3.4), keeping every box at least 1 px wide."""
+    boxes = np.round(trajs).astype(np.int64)  # [N, T, 4]
+    for lo, hi, limit in ((0, 2, width), (1, 3, height)):
+        boxes[..., lo] = np.clip(boxes[..., lo], 0, limit - 1)
+        boxes[..., hi] = np.clip(boxes[..., hi], boxes[..., lo] + 1, limit)
+    return boxes
+
+
+def _base_alpha(
+    width: int, height: int, p: PatchMaskParams, rng: np.random.Generator
+) -> np.ndarray:
+    """Alpha mask at the source box size (§3.3.6): rectangle, ellipse or diamond, maybe soft."""
+    x = np.abs(np.arange(width, dtype=np.float32) - (width - 1) // 2) / width  # [w]
+    y = np.abs(np.arange(height, dtype=np.float32) - (height - 1) // 2) / height  # [h]
+    dx, dy = x[None, :], y[:, None]
+    shape = int(rng.choice(3, p=p.mask_shape_probs))
+    if shape == 0:  # rectangle
+        dist = np.maximum(dx, dy)
+        alpha = np.ones((height, width), dtype=np.float32)
+    else:  # ellipse or diamond
+        dist = np.sqrt(dx**2 + dy**2) if shape == 1 else dx + dy
+        alpha = (dist < 0.5).astype(np.float32)
+    if rng.random() < p.soft_edge_prob:
+        turning = rng.uniform(*p.soft_edge_range)
+        alpha = alpha * np.clip((0.5 - dist) / (0.5 - turning), 0.0, 1.0).astype(np.float32)
+    return alpha  # [h, w]
+
+
+def _paste(
+    frames: np.ndarray, boxes: np.ndarray, layers: list[_Layer], visible: np.ndarray
+) -> np.ndarray:
+    """Blend the patches into a copy of the clip, large ones first (§3.3.8)."""
+    out = frames.copy()  # [T, H, W, 3]
+    sizes = (boxes[..., 2:] - boxes[..., :2]).mean(axis=1)  # [N, 2] mean (w, h)
+    order = np.argsort(-(sizes[:, 0] * sizes[:, 1]), kind="stable")
+    for t in range(len(frames)):
+        for i in order:
+            if not visible[i, t]:
+                continue
+            x1, y1, x2, y2 = (int(v) for v in boxes[i, t])
+            layer = layers[i]
+            dsize = (x2 - x1, y2 - y1)
+            patch = cv2.resize(layer.crop, dsize, interpolation=cv2.INTER_LINEAR)  # [h, w, 3]
+            alpha = cv2.resize(layer.base_alpha, dsize, interpolation=cv2.INTER_LINEAR)
+            alpha = (alpha * layer.opacity[t])[..., None]  # [h, w, 1] float64
+            region = out[t, y1:y2, x1:x2]
+            # uint8 truncation of the blended value, as the reference
+            out[t, y1:y2, x1:x2] = (region * (1.0 - alpha) + patch * alpha).astype(np.uint8)
+    return out
