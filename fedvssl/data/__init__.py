@@ -1,1 +1,12 @@
-"""Dataset preparation: synthetic videos, UCF-101 and HMDB-51 frames, client partitions."""
+"""Dataset preparation: synthetic videos, UCF-101 and HMDB-51 frames, client partitions.
+
+Nothing here imports torch or Flower. The modules, in the order data flows through them:
+
+- ``scenes`` / ``synthetic``: the seeded synthetic dataset, written in the raw UCF-101 layout;
+- ``download`` / ``archives`` / ``sources``: official files fetched (resumable, checked) or taken
+  from local paths, and extracted safely;
+- ``splits``: the official split lists of UCF-101 and HMDB-51;
+- ``frames`` / ``workers``: videos decoded into zips of JPEG frames, in worker processes;
+- ``annotations`` / ``partitions`` / ``plots``: annotation JSON, client partitions, a picture;
+- ``preparation``: ``prepare_dataset`` and ``dataset_is_prepared``, which tie it all together.
+"""

@@ -1,0 +1,333 @@
+"""Dataset preparation: raw videos and split lists -> frame zips, annotations, client partitions.
+
+``prepare_dataset`` takes the synthetic dataset (generated on first use), UCF-101 or HMDB-51 from
+its raw layout to the layout every other module reads::
+
+    data/<dataset>/zips/<Class>/<video>.zip                              JPEG frames
+    data/<dataset>/annotations/{train,test}_split_1.json                  [{"name", "label"}]
+    data/<dataset>/annotations/client_distribution/client_dist{N}.json   IID, seed 7
+
+It can be stopped and run again at any point: zips and lists are written atomically, finished
+videos are skipped, and when only the partitions are missing (a new number of clients) nothing
+is decoded again. A video that is missing or cannot be decoded is left out and reported.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedvssl.data.annotations import (
+    client_dist_path,
+    partition_dir,
+    read_annotations,
+    split_path,
+    write_annotations,
+    write_json_atomic,
+)
+from fedvssl.data.errors import DataError
+from fedvssl.data.frames import FrameJob, extract_frames
+from fedvssl.data.partitions import write_partitions
+from fedvssl.data.sources import hmdb51_parts, index_videos, materialise, ucf101_parts
+from fedvssl.data.splits import Split, SplitEntry, read_hmdb_split, read_ucf_split
+from fedvssl.data.synthetic import RAW_DIR, SPLITS_DIR, generate_synthetic_ucf, recorded_scale
+from fedvssl.data.workers import run_jobs
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("synthetic", "ucf101", "hmdb51")
+ZIP_DIR = "zips"
+FRAMES_MANIFEST = ".frames.json"  # in zips/: the frame size every zip was made with
+
+
+@dataclass
+class PreparationReport:
+    """What a preparation run did, and what it had to leave out."""
+
+    dataset: str
+    root: Path
+    train: int = 0  # videos in the written train / test annotations
+    test: int = 0
+    extracted: int = 0  # videos decoded in this run
+    skipped: int = 0  # videos whose zip was already there
+    missing: list[str] = field(default_factory=list)  # listed, but no video file
+    failed: dict[str, str] = field(default_factory=dict)  # name -> why it could not be decoded
+    partial: dict[str, str] = field(default_factory=dict)  # decoding stopped early: frames kept
+    annotation_files: list[Path] = field(default_factory=list)
+    partition_files: list[Path] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Return a human-readable summary, one line per fact."""
+        out = [
+            f"{self.dataset}: {self.train} train and {self.test} test videos in {self.root}",
+            f"frames: {self.extracted} extracted, {self.skipped} already there, in "
+            + str(self.root / ZIP_DIR),
+        ]
+        out += [f"annotations: {path}" for path in self.annotation_files]
+        if self.partition_files:
+            folder = self.partition_files[0].parent
+            out.append(f"partitions: {len(self.partition_files)} clients in {folder}")
+        if self.missing:
+            out.append(
+                f"left out, video file missing ({len(self.missing)}): {', '.join(self.missing)}"
+            )
+        if self.failed:
+            out.append(f"left out, cannot be decoded ({len(self.failed)}):")
+            out += [f"  {name}: {why}" for name, why in sorted(self.failed.items())]
+        if self.partial:
+            out.append(f"decoded in part, frames before the error kept ({len(self.partial)}):")
+            out += [f"  {name}: {why}" for name, why in sorted(self.partial.items())]
+        return out
+
+
+def zip_path(root: Path, name: str) -> Path:
+    """Return ``root/zips/<Class>/<video>.zip`` for the annotation name "Class/video"."""
+    return root / ZIP_DIR / f"{name}.zip"
+
+
+def _records(entries: list[SplitEntry], ready: set[str]) -> list[dict[str, Any]]:
+    return [{"name": e.name, "label": e.label} for e in entries if e.name in ready]
+
+
+def _prepared_lists(
+    root: Path, split: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """Return the train and test lists if they and all their zips are already there."""
+    try:
+        train = read_annotations(split_path(root, "train", split))
+        test = read_annotations(split_path(root, "test", split))
+    except DataError:
+        return None
+    if not all(zip_path(root, r["name"]).is_file() for r in train + test):
+        return None
+    return train, test
+
+
+def _frame_short_side(root: Path, requested: int | None) -> int | None:
+    """Return the short side to extract with, refusing one that differs from the zips there."""
+    manifest = root / ZIP_DIR / FRAMES_MANIFEST
+    if not manifest.is_file():
+        return requested
+    recorded: int | None = json.loads(manifest.read_text()).get("short_side")
+    if requested is not None and requested != recorded:
+        size = "native size" if recorded is None else f"short side {recorded}"
+        raise DataError(
+            f"the frames in {root / ZIP_DIR} were extracted at {size}; delete that folder to "
+            f"extract them again with --short-side {requested}"
+        )
+    return recorded
+
+
+def dataset_is_prepared(root: Path, num_clients: int) -> bool:
+    """Tell whether a dataset root holds split-1 annotations, their zips and K partitions.
+
+    Parameters
+    ----------
+    root : Path
+        ``data_dir/<dataset>``.
+    num_clients : int
+        Number of clients K the partitions must be for.
+
+    Returns
+    -------
+    bool
+        True when ``client_dist1..K.json`` exist (and no ``client_dist{K+1}.json``), together
+        cover the train list exactly, and every annotated video has its zip.
+    """
+    lists = _prepared_lists(root, 1)
+    if lists is None or num_clients < 1:
+        return False
+    out_dir = partition_dir(root)
+    if client_dist_path(out_dir, num_clients + 1).exists():
+        return False
+    try:
+        parts = [read_annotations(client_dist_path(out_dir, n)) for n in range(1, num_clients + 1)]
+    except DataError:
+        return False
+    in_parts = sorted(r["name"] for records in parts for r in records)
+    return in_parts == sorted(r["name"] for r in lists[0])
+
+
+def _read_split(
+    dataset: str,
+    root: Path,
+    *,
+    raw: Path | None,
+    splits: Path | None,
+    split: int,
+    scale: float | None,
+    workers: int | None,
+    progress: bool,
+    verify_tls: bool,
+) -> tuple[Split, Path]:
+    """Make the raw videos and split files available; return the split and the video folder."""
+    if dataset == "synthetic":
+        if raw is not None or splits is not None:
+            raise DataError("--raw and --splits do not apply to the synthetic dataset")
+        scale = scale or recorded_scale(root) or 1.0
+        if generate_synthetic_ucf(
+            root, scale=scale, workers=workers, progress=progress
+        ):  # new or changed videos: frames and lists of any earlier run are stale
+            shutil.rmtree(root / ZIP_DIR, ignore_errors=True)
+            shutil.rmtree(root / "annotations", ignore_errors=True)
+        return read_ucf_split(root / SPLITS_DIR, split), root / RAW_DIR
+    videos, lists = ucf101_parts(root) if dataset == "ucf101" else hmdb51_parts(root)
+    split_dir = materialise(lists, splits, verify_tls=verify_tls, progress=progress)
+    reader = read_ucf_split if dataset == "ucf101" else read_hmdb_split
+    parsed = reader(split_dir, split)  # read the lists before fetching gigabytes of video
+    return parsed, materialise(videos, raw, verify_tls=verify_tls, progress=progress)
+
+
+def _frame_jobs(
+    split: Split, root: Path, video_dir: Path, short_side: int | None, report: PreparationReport
+) -> list[FrameJob]:
+    index = index_videos(video_dir)
+    jobs, seen = [], set()
+    for entry in split.train + split.test:
+        if entry.name in seen:
+            continue
+        seen.add(entry.name)
+        target = zip_path(root, entry.name)
+        in_class = video_dir / entry.class_name / entry.video_file
+        video = in_class if in_class.is_file() else index.get(entry.video_file)
+        if target.is_file():
+            report.skipped += 1
+        elif video is None:
+            report.missing.append(entry.name)
+        else:
+            jobs.append(FrameJob(entry.name, video, target, short_side))
+    return jobs
+
+
+def prepare_dataset(
+    dataset: str,
+    data_dir: Path,
+    *,
+    raw: Path | None = None,
+    splits: Path | None = None,
+    num_clients: int = 5,
+    seed: int = 7,
+    short_side: int | None = None,
+    workers: int | None = None,
+    synthetic_scale: float | None = None,
+    split: int = 1,
+    verify_tls: bool = True,
+    progress: bool = True,
+) -> PreparationReport:
+    """Prepare one dataset under ``data_dir/<dataset>``: frames, annotations and partitions.
+
+    Parameters
+    ----------
+    dataset : str
+        ``"synthetic"``, ``"ucf101"`` or ``"hmdb51"``.
+    data_dir : Path
+        Parent folder of the dataset roots (``data``).
+    raw : Path | None
+        Local videos: a folder (flat or class folders) or the official archive. Downloaded
+        from the official address when neither this nor an earlier extraction is there.
+    splits : Path | None
+        Local split lists: a folder or the official archive. Downloaded likewise.
+    num_clients : int
+        Number of IID client partitions to write.
+    seed : int
+        Seed of the partition shuffle (7 in the original).
+    short_side : int | None
+        Resize frames so their short side has this length (native size when ``None``).
+    workers : int | None
+        Frame-extraction processes (default min(4, CPUs)).
+    synthetic_scale : float | None
+        Multiplier of the synthetic dataset's videos per class; ``None`` keeps the scale of a
+        synthetic dataset already there (1.0 for a new one), so that asking for a new number
+        of clients never rebuilds it.
+    split : int
+        Official split to prepare (1 to 3); files are named ``*_split_{split}.json``.
+    verify_tls : bool
+        Check TLS certificates when downloading.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    PreparationReport
+        Counts, written files and the videos left out.
+
+    Raises
+    ------
+    DataError
+        On bad input (unknown dataset, missing paths or files, malformed lists, failed
+        downloads) or when no training video could be prepared at all.
+    """
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if num_clients < 1:
+        raise DataError(f"--num-clients must be at least 1, got {num_clients}")
+    root = data_dir / dataset
+    report = PreparationReport(dataset, root)
+    fetch = functools.partial(
+        _read_split,
+        dataset,
+        root,
+        raw=raw,
+        splits=splits,
+        split=split,
+        scale=synthetic_scale,
+        workers=workers,
+        progress=progress,
+        verify_tls=verify_tls,
+    )
+    # the synthetic videos are made first (cheap when there; rebuilt if their settings changed)
+    source = fetch() if dataset == "synthetic" else None
+    _frame_short_side(root, short_side)  # refuse a size change before any work
+    lists = _prepared_lists(root, split) if raw is None and splits is None else None
+    if lists is None:
+        split_info, video_dir = source or fetch()
+        short_side = _frame_short_side(root, short_side)
+        write_json_atomic({"short_side": short_side}, root / ZIP_DIR / FRAMES_MANIFEST)
+        lists = _extract_all(split_info, root, video_dir, short_side, workers, progress, report)
+    else:  # only the partitions may be new: decode nothing
+        report.skipped = len(lists[0]) + len(lists[1])
+    train, test = lists
+    report.train, report.test = len(train), len(test)
+    report.annotation_files = [
+        write_annotations(train, split_path(root, "train", split)),
+        write_annotations(test, split_path(root, "test", split)),
+    ]
+    report.partition_files = write_partitions(train, partition_dir(root), num_clients, seed)
+    return report
+
+
+def _extract_all(
+    split: Split,
+    root: Path,
+    video_dir: Path,
+    short_side: int | None,
+    workers: int | None,
+    progress: bool,
+    report: PreparationReport,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Extract the frames of every listed video; return the train and test lists of the rest."""
+    jobs = _frame_jobs(split, root, video_dir, short_side, report)
+    for result in run_jobs(extract_frames, jobs, workers=workers, desc="frames", progress=progress):
+        if result.num_frames == 0:
+            report.failed[result.name] = result.error or "no frames"
+        else:
+            report.extracted += 1
+            if result.error:
+                report.partial[result.name] = result.error
+    ready = {e.name for e in split.train + split.test if zip_path(root, e.name).is_file()}
+    train, test = _records(split.train, ready), _records(split.test, ready)
+    if not train:
+        raise DataError(
+            f"no training video of {root.name} could be prepared ({len(report.missing)} missing, "
+            f"{len(report.failed)} not decodable); check the --raw videos"
+        )
+    for name in report.missing:
+        log.warning("video listed but not found: %s", name)
+    for name, why in report.failed.items():
+        log.warning("video cannot be decoded, left out: %s (%s)", name, why)
+    return train, test

@@ -1,0 +1,267 @@
+"""How a synthetic video looks and moves: random appearance, motion tracks, vectorised drawing.
+
+A scene is one textured object on a textured, static background. :func:`sample_appearance` draws
+the object's shape, colours, texture, size and orientation and the background without knowing
+the class; :func:`sample_track` draws the motion of one class (:data:`MOTIONS`) with random
+speed, path and speed profile; :func:`render_video` draws every frame at once with numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+MOTIONS = (
+    "MoveRight",
+    "MoveLeft",
+    "MoveUp",
+    "MoveDown",
+    "CircleClockwise",
+    "CircleAnticlockwise",
+    "Bounce",
+    "Spin",
+    "ZoomIn",
+    "ZoomOut",
+)
+SHAPES = ("ellipse", "rectangle", "triangle", "cross", "diamond")
+OBJECT_TEXTURES = ("solid", "stripes", "checker", "rings")
+BACKGROUNDS = ("gradient", "stripes", "checker", "blobs")
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """How one video looks: the object's shape, size, colours and texture, and the background."""
+
+    shape: str
+    aspect: float  # minor/major axis of the object
+    radius: float  # object radius in pixels at scale 1
+    orientation: float  # radians
+    colour_a: np.ndarray  # [3] RGB in [0, 1]
+    colour_b: np.ndarray  # [3]
+    texture: str
+    texture_freq: float  # cycles per object radius
+    texture_phase: float
+    background: np.ndarray  # [H, W, 3] float32 in [0, 1]
+
+
+@dataclass(frozen=True)
+class Track:
+    """How the object moves: its centre, scale and rotation in every frame."""
+
+    center: np.ndarray  # [T, 2] (x, y) in pixels
+    scale: np.ndarray  # [T]
+    angle: np.ndarray  # [T] radians
+
+
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)  # [H, W] each
+    kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    theta = rng.uniform(0, math.pi)
+    along = (xs * math.cos(theta) + ys * math.sin(theta)) / max(width, height)
+    if kind == "gradient":
+        pattern = along - along.min()
+        pattern /= max(float(pattern.max()), 1e-6)
+    elif kind == "stripes":
+        pattern = 0.5 + 0.5 * np.sin(2 * math.pi * rng.uniform(2, 6) * along)
+    elif kind == "checker":
+        cell = rng.uniform(8, 24) * width / 128
+        pattern = ((xs // cell + ys // cell) % 2).astype(np.float32)
+    else:  # blobs: smooth low-frequency noise
+        coarse = rng.random((4, 5)).astype(np.float32)
+        pattern = np.clip(cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC), 0, 1)
+    base = rng.uniform(0.1, 0.9, 3)
+    other = np.clip(base + rng.uniform(-0.25, 0.25, 3), 0, 1)
+    bg = base[None, None] * (1 - pattern[..., None]) + other[None, None] * pattern[..., None]
+    return bg.astype(np.float32)  # [H, W, 3]
+
+
+def sample_appearance(rng: np.random.Generator, width: int, height: int) -> Appearance:
+    """Draw a random object and background; the distribution does not depend on the class.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Random stream of this video.
+    width, height : int
+        Frame size in pixels.
+
+    Returns
+    -------
+    Appearance
+        The video's look.
+    """
+    background = _background(rng, width, height)
+    bg_mean = background.reshape(-1, 3).mean(0)
+    colour_a = rng.uniform(0, 1, 3)
+    for _ in range(20):  # keep the object visible against the background
+        if np.linalg.norm(colour_a - bg_mean) > 0.4:
+            break
+        colour_a = rng.uniform(0, 1, 3)
+    return Appearance(
+        shape=SHAPES[rng.integers(len(SHAPES))],
+        aspect=float(rng.uniform(0.5, 0.8)),  # never round: spinning must show
+        radius=float(rng.uniform(0.12, 0.18) * height),
+        orientation=float(rng.uniform(0, 2 * math.pi)),
+        colour_a=colour_a,
+        colour_b=np.clip(colour_a + rng.uniform(-0.35, 0.35, 3), 0, 1),
+        texture=OBJECT_TEXTURES[rng.integers(len(OBJECT_TEXTURES))],
+        texture_freq=float(rng.uniform(1.2, 2.5)),
+        texture_phase=float(rng.uniform(0, 2 * math.pi)),
+        background=background,
+    )
+
+
+def _speed_profile(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
+    """Progress in [0, 1] along a path: constant speed, speeding up or slowing down."""
+    kind = rng.integers(3)
+    if kind == 0:
+        return t
+    return t**2 if kind == 1 else 1 - (1 - t) ** 2
+
+
+def _linear(
+    motion: str, rng: np.random.Generator, t: np.ndarray, size: tuple[int, int], margin: float
+) -> np.ndarray:
+    width, height = size
+    horizontal = motion in ("MoveRight", "MoveLeft")
+    length, across = (width, height) if horizontal else (height, width)
+    travel = min(rng.uniform(0.35, 0.6) * length, length - 2 * margin - 1)
+    start = rng.uniform(margin, length - margin - travel)
+    along = start + travel * _speed_profile(rng, t)  # [T]
+    if motion in ("MoveLeft", "MoveUp"):
+        along = length - along
+    side = np.full_like(along, rng.uniform(margin, across - margin))
+    return np.stack([along, side] if horizontal else [side, along], axis=1)
+
+
+def sample_track(
+    motion: str, rng: np.random.Generator, num_frames: int, size: tuple[int, int], radius: float
+) -> Track:
+    """Draw the object's motion for one video of class ``motion``.
+
+    Parameters
+    ----------
+    motion : str
+        One of :data:`MOTIONS`.
+    rng : numpy.random.Generator
+        Random stream of this video.
+    num_frames : int
+        Number of frames T.
+    size : tuple[int, int]
+        Frame (width, height) in pixels.
+    radius : float
+        Object radius in pixels at scale 1 (keeps the object inside the frame).
+
+    Returns
+    -------
+    Track
+        Centre [T, 2], scale [T] and angle [T] per frame.
+    """
+    width, height = size
+    t = np.linspace(0.0, 1.0, num_frames)  # [T]
+    frames = np.arange(num_frames, dtype=np.float64)
+    scale = np.ones(num_frames)
+    spin = np.zeros(num_frames)
+    margin = 1.1 * radius
+    if motion in ("MoveRight", "MoveLeft", "MoveUp", "MoveDown"):
+        center = _linear(motion, rng, t, size, margin)
+    elif motion in ("CircleClockwise", "CircleAnticlockwise"):
+        cx = width / 2 + rng.uniform(-0.08, 0.08) * width
+        cy = height / 2 + rng.uniform(-0.05, 0.05) * height
+        ring = min(rng.uniform(0.2, 0.3) * height, cy - margin, height - cy - margin)
+        sense = 1.0 if motion == "CircleClockwise" else -1.0  # image y points down
+        phi = rng.uniform(0, 2 * math.pi) + sense * rng.uniform(0.13, 0.22) * frames
+        center = np.stack([cx + ring * np.cos(phi), cy + ring * np.sin(phi)], axis=1)
+    elif motion == "Bounce":
+        floor = height - margin
+        lift = min(rng.uniform(0.35, 0.5) * height, floor - margin)
+        phase = rng.uniform(0, math.pi) + math.pi * frames / rng.uniform(10, 16)
+        y = floor - lift * np.abs(np.sin(phase))
+        center = np.stack([np.full_like(y, rng.uniform(margin, width - margin)), y], axis=1)
+    elif motion == "Spin":
+        spin = rng.choice([-1.0, 1.0]) * rng.uniform(0.12, 0.25) * frames
+        xy = [rng.uniform(margin, width - margin), rng.uniform(margin, height - margin)]
+        center = np.tile(xy, (num_frames, 1))
+    elif motion in ("ZoomIn", "ZoomOut"):
+        small, big = rng.uniform(0.45, 0.6), rng.uniform(1.5, 1.8)
+        ends = (small, big) if motion == "ZoomIn" else (big, small)
+        scale = np.exp(np.log(ends[0]) + (np.log(ends[1]) - np.log(ends[0])) * t)
+        reach = min(big * margin, height / 2 - 1)
+        xy = [rng.uniform(reach, width - reach), rng.uniform(reach, height - reach)]
+        center = np.tile(xy, (num_frames, 1))
+    else:
+        raise ValueError(f"unknown motion {motion!r}; choose from {', '.join(MOTIONS)}")
+    return Track(center=center, scale=scale, angle=spin)
+
+
+def _shape_distance(shape: str, u: np.ndarray, v: np.ndarray, aspect: float) -> np.ndarray:
+    """Signed distance-like field in object units: negative inside, 0 on the outline."""
+    if shape == "ellipse":
+        return np.sqrt(u**2 + (v / aspect) ** 2) - 1
+    if shape == "rectangle":
+        return np.maximum(np.abs(u), np.abs(v) / aspect) / 0.8 - 1
+    if shape == "diamond":
+        return np.abs(u) + np.abs(v) / aspect - 1
+    if shape == "triangle":
+        sides = [
+            u * math.cos(a) + v * math.sin(a) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
+        ]
+        return np.maximum(np.maximum(sides[0], sides[1]), sides[2]) / 0.5 - 1
+    bar = 0.35  # cross: the union of two bars
+    return (
+        np.minimum(np.maximum(np.abs(u), np.abs(v) / bar), np.maximum(np.abs(u) / bar, np.abs(v)))
+        - 1
+    )
+
+
+def _texture(look: Appearance, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    f, phase = look.texture_freq, look.texture_phase
+    if look.texture == "stripes":
+        return 0.5 + 0.5 * np.sin(2 * math.pi * f * u + phase)
+    if look.texture == "checker":
+        return (np.floor(f * u + phase) + np.floor(f * v + phase)) % 2
+    if look.texture == "rings":  # centred off the axis, so that spinning shows
+        return 0.5 + 0.5 * np.sin(2 * math.pi * f * np.sqrt((u - 0.4) ** 2 + v**2) + phase)
+    return np.zeros_like(u)
+
+
+def render_video(look: Appearance, track: Track) -> np.ndarray:
+    """Draw every frame of a video at once (vectorised over frames and pixels).
+
+    Parameters
+    ----------
+    look : Appearance
+        Object and background.
+    track : Track
+        Per-frame centre, scale and angle.
+
+    Returns
+    -------
+    numpy.ndarray
+        RGB frames, uint8, [T, H, W, 3].
+    """
+    height, width = look.background.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5  # [H, W]
+    dx = xs[None] - track.center[:, 0, None, None].astype(np.float32)  # [T, H, W]
+    dy = ys[None] - track.center[:, 1, None, None].astype(np.float32)
+    angle = (look.orientation + track.angle).astype(np.float32)[:, None, None]  # [T, 1, 1]
+    pixels = (look.radius * track.scale).astype(np.float32)[:, None, None]  # radius in pixels
+    cos, sin = np.cos(angle), np.sin(angle)
+    u = (cos * dx + sin * dy) / pixels  # object coordinates, radius 1
+    v = (-sin * dx + cos * dy) / pixels
+    alpha = np.clip(0.5 - _shape_distance(look.shape, u, v, look.aspect) * pixels, 0, 1)
+    t, y, x = np.nonzero(alpha)  # composite only the object's pixels
+    a = alpha[t, y, x][:, None]  # [N, 1]
+    tex = _texture(look, u[t, y, x], v[t, y, x])[:, None]  # [N, 1]
+    colour = look.colour_a * (1 - tex) + look.colour_b * tex  # [N, 3]
+    frames = np.empty((len(track.scale), height, width, 3), np.uint8)  # [T, H, W, 3]
+    frames[:] = _to_uint8(look.background)
+    frames[t, y, x] = _to_uint8(look.background[y, x] * (1 - a) + colour * a)
+    return frames
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
