@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 # Flower must neither phone home nor touch the user's ~/.flwr during tests.
@@ -16,3 +19,73 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 @pytest.fixture(autouse=True)
 def _flwr_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLWR_HOME", str(tmp_path_factory.getbasetemp() / "flwr_home"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny prepared synthetic dataset (2 client partitions), shared by the tests that train."""
+    from fedvssl.data.preparation import prepare_dataset
+
+    data_dir = tmp_path_factory.mktemp("data")
+    prepare_dataset("synthetic", data_dir, num_clients=2, synthetic_scale=0.2, workers=1)
+    return data_dir
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 25) -> None:
+    """Write uint8 RGB frames [T,H,W,3] as an MPEG-4 (XVID) .avi with PyAV."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.codec_tag = "XVID"
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def write_frame_zip(path: Path, frames: np.ndarray) -> None:
+    """Write frames as the CtP zip of JPEGs (img_00001.jpg, ...)."""
+    import zipfile
+
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for i, image in enumerate(frames, start=1):
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            assert ok
+            archive.writestr(f"img_{i:05d}.jpg", jpeg.tobytes())
+
+
+def moving_square_frames(num_frames: int, height: int, width: int, seed: int) -> np.ndarray:
+    """A textured background with a bright square moving right: uint8 [T,H,W,3]."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 120, size=(height, width, 3), dtype=np.uint8)
+    frames = np.repeat(background[None], num_frames, axis=0)
+    side = max(4, height // 4)
+    for t in range(num_frames):
+        x = (2 * t) % (width - side)
+        frames[t, height // 3 : height // 3 + side, x : x + side] = (230, 200, 40)
+    return frames
+
+
+@pytest.fixture
+def tiny_video_root(tmp_path: Path) -> Path:
+    """Three tiny UCF-like videos as raw .avi files and as CtP zips, with an annotation list."""
+    root = tmp_path / "tiny"
+    names = [
+        "MoveRight/v_MoveRight_g01_c01",
+        "MoveRight/v_MoveRight_g02_c01",
+        "Still/v_Still_g01_c01",
+    ]
+    for index, name in enumerate(names):
+        frames = moving_square_frames(24, 48, 64, seed=index)
+        write_video(root / "UCF101_raw" / f"{name.split('/')[1]}.avi", frames)
+        write_frame_zip(root / "zips" / f"{name}.zip", frames)
+    labels = {"MoveRight": 1, "Still": 2}
+    items = [{"name": n, "label": labels[n.split("/")[0]]} for n in names]
+    (root / "annotations.json").write_text(json.dumps(items))
+    return root

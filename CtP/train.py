@@ -1,0 +1,270 @@
+"""The training loop: one epoch of SGD on a model that returns its losses, and batched inference.
+
+``train_one_epoch`` follows the original CtP runtime (reference §4.1): SGD (lr 0.01, momentum 0.9,
+weight decay 1e-4 on every parameter), gradient clipping at L2 norm 40, the total loss being the
+sum of every entry whose name contains ``loss``. On CUDA it can run under bf16 autocast with the
+``channels_last_3d`` memory format. It writes a JSON-lines log shaped like the original's
+``*.log.json`` (mode, epoch, iter, lr, time, data_time, loss and each loss term, one line every
+``log_interval`` iterations and one for the trailing partial interval) and returns the epoch's mean
+training loss, which the federated client reports to the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+Batch = dict[str, Tensor]
+LossFn = Callable[[Batch], Mapping[str, Tensor]]
+
+
+def build_optimizer(
+    model: nn.Module, *, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 1e-4
+) -> torch.optim.SGD:
+    """SGD over every parameter, as the original (no exclusions for BN or biases)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _init_worker(worker_id: int) -> None:
+    # One thread per loader worker: the workers themselves are the parallelism.
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    dataset: Dataset[Batch],
+    *,
+    batch_size: int,
+    workers: int = 0,
+    shuffle: bool = True,
+    seed: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader[Batch]:
+    """Build a DataLoader with a seeded shuffle and single-threaded workers."""
+    if workers > 0:
+        # Workers are forked: OpenCV's thread pool must not exist when they are, or a worker can
+        # hang on a lock held by a pool thread that was not copied. One thread is also what the
+        # workers use; decoding and augmenting small frames gains nothing from more.
+        cv2.setNumThreads(1)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        generator=generator,
+        worker_init_fn=_init_worker if workers > 0 else None,
+        persistent_workers=False,
+    )
+
+
+@dataclass
+class EpochResult:
+    """What one training epoch did."""
+
+    loss: float  # mean total loss over the epoch's iterations
+    terms: dict[str, float] = field(default_factory=dict)  # mean of each loss term
+    iterations: int = 0
+    samples: int = 0
+    skipped: int = 0  # unreadable videos replaced by others
+    seconds: float = 0.0
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast on CUDA when asked for; a no-op otherwise."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> Batch:
+    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if channels_last and moved["imgs"].dim() == 5:
+        moved["imgs"] = moved["imgs"].contiguous(memory_format=torch.channels_last_3d)
+    return moved
+
+
+class _IntervalLog:
+    """Average loss terms and timings over a logging interval; one JSON line per interval."""
+
+    def __init__(self, path: Path | None, epoch: int, lr: float) -> None:
+        self.path, self.epoch, self.lr = path, epoch, lr
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def add(self, values: Mapping[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+
+    def flush(self, iteration: int) -> None:
+        if self.count == 0:
+            return
+        means = {k: v / self.count for k, v in self.sums.items()}
+        line = {"mode": "train", "epoch": self.epoch, "iter": iteration, "lr": self.lr}
+        line |= {"time": means.pop("time"), "data_time": means.pop("data_time")}
+        if torch.cuda.is_available():
+            line["memory"] = int(torch.cuda.max_memory_allocated() // 2**20)
+        line |= means
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+        self.sums, self.count = {}, 0
+
+
+def _timed(loader: DataLoader[Batch]) -> Iterator[tuple[Batch, float]]:
+    start = time.perf_counter()
+    for batch in loader:
+        yield batch, time.perf_counter() - start
+        start = time.perf_counter()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader[Batch],
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    epoch: int = 1,
+    grad_clip: float | None = 40.0,
+    bf16: bool = False,
+    channels_last: bool = False,
+    log_path: Path | None = None,
+    log_interval: int = 10,
+    progress: bool = True,
+    loss_fn: LossFn | None = None,
+) -> EpochResult:
+    """Train ``model`` for one pass over ``loader``.
+
+    Parameters
+    ----------
+    model
+        A module whose ``model(**batch)`` returns a dict of losses (e.g. :class:`CtP.ctp.CtP`), or
+        any module when ``loss_fn`` is given.
+    loader
+        Batches as dicts of tensors; a ``skipped`` entry (unreadable videos) is counted, not fed.
+    optimizer
+        Built by :func:`build_optimizer`.
+    device
+        Where to train.
+    epoch
+        The epoch (or round) number written to the log.
+    grad_clip
+        Max L2 norm of all gradients (reference: 40); None disables clipping.
+    bf16, channels_last
+        bf16 autocast and the channels_last_3d layout; used on CUDA only.
+    log_path
+        The JSON-lines log to append to; None writes no file.
+    log_interval
+        Iterations per log line (reference: 10).
+    progress
+        Show a progress bar.
+    loss_fn
+        ``batch -> dict of losses``; defaults to ``model(**batch)``.
+
+    Returns
+    -------
+    EpochResult
+        The mean training loss and its terms, iterations, samples, skipped videos and seconds.
+    """
+    on_cuda = device.type == "cuda"
+    use_channels_last = channels_last and on_cuda
+    compute = loss_fn or (lambda batch: model(**batch))
+    model.train()
+    lr = float(optimizer.param_groups[0]["lr"])
+    interval = _IntervalLog(log_path, epoch, lr)
+    totals: dict[str, float] = {}
+    result = EpochResult(loss=math.nan)
+    started = time.perf_counter()
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not progress, leave=False)
+    for iteration, (batch, data_time) in enumerate(_timed(loader), start=1):
+        step_start = time.perf_counter()
+        result.skipped += int(batch.pop("skipped").sum()) if "skipped" in batch else 0
+        inputs = _to_device(batch, device, use_channels_last)
+        with autocast(device, bf16):
+            losses = compute(inputs)
+        loss = sum(v for k, v in losses.items() if "loss" in k)
+        assert isinstance(loss, Tensor)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+
+        values = {k: float(v.detach()) for k, v in losses.items()} | {"loss": float(loss.detach())}
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value
+        result.iterations = iteration
+        result.samples += len(inputs["imgs"])
+        step_time = time.perf_counter() - step_start
+        interval.add(values | {"time": step_time + data_time, "data_time": data_time})
+        if iteration % log_interval == 0:
+            interval.flush(iteration)
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
+        bar.update()
+    bar.close()
+    interval.flush(result.iterations)
+    if result.iterations:
+        means = {k: v / result.iterations for k, v in totals.items()}
+        result.loss = means.pop("loss")
+        result.terms = means
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@torch.inference_mode()
+def predict_videos(
+    model: Callable[[Tensor], Tensor],
+    loader: DataLoader[Batch],
+    *,
+    device: torch.device,
+    bf16: bool = False,
+    channels_last: bool = False,
+    progress: bool = True,
+    desc: str = "predict",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run ``model`` on every clip of multi-clip samples and average the outputs per video.
+
+    Parameters
+    ----------
+    model
+        ``[B*K, 3, T, S, S] -> [B*K, D]`` (logits or features); put it in eval mode first.
+    loader
+        Batches from :class:`CtP.datasets.MultiClipDataset` (``imgs`` ``[B, K, 3, T, S, S]``).
+
+    Returns
+    -------
+    tuple[Tensor, Tensor, Tensor]
+        Per-video mean outputs ``[N, D]`` (float32, CPU), 0-based labels ``[N]`` and the validity
+        mask ``[N]``, in dataset order.
+    """
+    use_channels_last = channels_last and device.type == "cuda"
+    outputs, labels, valid = [], [], []
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        imgs = batch["imgs"]  # [B, K, 3, T, S, S]
+        b, k = imgs.shape[:2]
+        clips = _to_device({"imgs": imgs.flatten(0, 1)}, device, use_channels_last)["imgs"]
+        with autocast(device, bf16):
+            out = model(clips)  # [B*K, D]
+        outputs.append(out.float().reshape(b, k, -1).mean(dim=1).cpu())
+        labels.append(batch["label"])
+        valid.append(batch["valid"])
+    return torch.cat(outputs), torch.cat(labels), torch.cat(valid)
