@@ -1,0 +1,230 @@
+"""The FedVSSL ClientApp: a train message in, one local CtP epoch, arrays and metrics out.
+
+Each round a sampled client (reference §6.1, minus its bugs):
+
+1. takes ``backbone.*`` from the global model and keeps its own CtP head from its last round
+   (partial weight update; with plain FedAvg it takes the whole model). The head is stored in
+   ``<results>/client{N}/head-round-{r}.pt``, so it survives a restart;
+2. trains ``local_epochs`` of CtP on its partition ``client_dist{N}.json`` with a fresh SGD
+   optimiser, writing ``<results>/client{N}/<timestamp>.log.json``;
+3. replies with all arrays, ``num-examples``, its mean training loss (computed in-process) and
+   its ``partition-id``.
+
+The model is built once per worker process and reused across rounds and clients. A client uses
+the GPU when Ray gives it one (``client_resources.num_gpus``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from CtP.ctp import CtP, build_ctp
+from CtP.datasets import CtPDataset, VideoFileSource, ZipFrameSource, load_annotations
+from CtP.train import build_optimizer, make_loader, train_one_epoch
+from CtP.transforms import CtPAugmentation
+from fedvssl.simulation import quiet_flower_logging
+
+logger = logging.getLogger(__name__)
+
+CLIENT_ERROR = 100  # error code of a client whose local training raised
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything a client needs, from the run's config (plain values, picklable for Ray)."""
+
+    results_dir: str  # <run dir>/fedvssl_results
+    dataset_root: str
+    frames: str  # "zip" or "video"
+    zip_template: str
+    video_template: str
+    partition_template: str  # relative to dataset_root, with {client}
+    width: int
+    clip_len: int
+    crop_size: int
+    batch_size: int
+    workers: int
+    local_epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    grad_clip: float
+    seed: int
+    bf16: bool
+    channels_last: bool
+    log_interval: int
+    progress: bool
+    num_threads: int  # torch threads of a CPU client (its Ray num_cpus)
+
+    def client_dir(self, partition_id: int) -> Path:
+        """``client{N}``, N = partition id + 1, as the original numbers clients."""
+        return Path(self.results_dir) / f"client{partition_id + 1}"
+
+    def partition_file(self, partition_id: int) -> Path:
+        """Return the annotation file of a client's videos."""
+        name = self.partition_template.format(client=partition_id + 1)
+        return Path(self.dataset_root) / name
+
+
+_MODELS: dict[tuple[int, int, str], CtP] = {}
+
+
+def cached_model(width: int, clip_len: int, device: torch.device) -> CtP:
+    """Return the CtP model of this worker process, built on first use."""
+    key = (width, clip_len, str(device))
+    if key not in _MODELS:
+        _MODELS[key] = build_ctp(width=width, clip_len=clip_len).to(device)
+    return _MODELS[key]
+
+
+def head_files(client_dir: Path) -> dict[int, Path]:
+    """List the client's stored heads by round."""
+    pattern = re.compile(r"head-round-(\d+)\.pt")
+    found = (pattern.fullmatch(p.name) for p in client_dir.glob("head-round-*.pt"))
+    return {int(m.group(1)): client_dir / m.group(0) for m in found if m}
+
+
+def load_own_head(client_dir: Path, server_round: int) -> dict[str, torch.Tensor] | None:
+    """Load the head kept from the latest round before ``server_round`` (None: first time)."""
+    earlier = {r: p for r, p in head_files(client_dir).items() if r < server_round}
+    if not earlier:
+        return None
+    state: dict[str, torch.Tensor] = torch.load(earlier[max(earlier)], weights_only=True)
+    return state
+
+
+def save_own_head(client_dir: Path, server_round: int, state: dict[str, torch.Tensor]) -> None:
+    """Store this round's head atomically; keep it and the one it started from, drop older ones."""
+    client_dir.mkdir(parents=True, exist_ok=True)
+    path = client_dir / f"head-round-{server_round}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    files = head_files(client_dir)
+    for r in sorted(r for r in files if r < server_round)[:-1]:
+        files[r].unlink(missing_ok=True)
+
+
+def start_state(
+    global_state: dict[str, torch.Tensor], own_head: dict[str, torch.Tensor] | None, partial: bool
+) -> dict[str, torch.Tensor]:
+    """Return the weights a client trains from: global backbone, and its own head if partial."""
+    if not partial or own_head is None:
+        return global_state
+    return {k: own_head.get(k, v) if k.startswith("head.") else v for k, v in global_state.items()}
+
+
+def build_dataset(settings: ClientSettings, partition_id: int) -> CtPDataset:
+    """Build the client's CtP dataset over its partition."""
+    root = settings.dataset_root
+    source = (
+        ZipFrameSource(root, settings.zip_template)
+        if settings.frames == "zip"
+        else VideoFileSource(root, settings.video_template)
+    )
+    augmentation = CtPAugmentation(crop_size=settings.crop_size)  # patches scale with the crop
+    return CtPDataset(
+        load_annotations(settings.partition_file(partition_id)),
+        source,
+        augmentation,
+        clip_len=settings.clip_len,
+        seed=settings.seed * 1000 + partition_id,
+    )
+
+
+def train_locally(
+    settings: ClientSettings,
+    partition_id: int,
+    server_round: int,
+    global_state: dict[str, Any],
+    partial: bool,
+) -> tuple[dict[str, torch.Tensor], dict[str, int | float | list[int] | list[float]]]:
+    """One round of local CtP training; returns the new arrays and the metrics to report."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, settings.num_threads))
+    torch.manual_seed(settings.seed * 1_000_003 + server_round * 1009 + partition_id)
+    client_dir = settings.client_dir(partition_id)
+    dataset = build_dataset(settings, partition_id)
+
+    model = cached_model(settings.width, settings.clip_len, device)
+    own_head = load_own_head(client_dir, server_round) if partial else None
+    model.load_state_dict(start_state(global_state, own_head, partial))
+    optimizer = build_optimizer(
+        model, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+    log_path = client_dir / f"{time.strftime('%Y%m%d_%H%M%S')}.log.json"
+    losses, skipped, seconds = [], 0, 0.0
+    for epoch in range(settings.local_epochs):
+        dataset.set_epoch((server_round - 1) * settings.local_epochs + epoch)
+        loader = make_loader(
+            dataset,
+            batch_size=settings.batch_size,
+            workers=settings.workers,
+            seed=settings.seed * 7919 + server_round * 31 + partition_id,
+            pin_memory=device.type == "cuda",
+        )
+        result = train_one_epoch(
+            model, loader, optimizer, device=device, epoch=epoch + 1,
+            grad_clip=settings.grad_clip, bf16=settings.bf16,
+            channels_last=settings.channels_last, log_path=log_path,
+            log_interval=settings.log_interval, progress=settings.progress,
+        )  # fmt: skip
+        losses.append(result.loss)
+        skipped += result.skipped
+        seconds += result.seconds
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_own_head(
+        client_dir, server_round, {k: v for k, v in state.items() if k.startswith("head.")}
+    )
+    metrics: dict[str, int | float | list[int] | list[float]] = {
+        "num-examples": len(dataset),
+        "train-loss": float(np.mean(losses)),
+        "partition-id": partition_id,
+        "skipped-videos": skipped,
+        "train-seconds": seconds,
+    }
+    return state, metrics
+
+
+def make_client_app(settings: ClientSettings) -> ClientApp:
+    """Build the ClientApp around a run's settings."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        quiet_flower_logging()  # in this Ray worker process, as in the driver
+        partition_id = int(context.node_config["partition-id"])
+        config = msg.content.config_records["config"]
+        server_round = int(cast(int, config["server-round"]))
+        try:
+            global_state = msg.content.array_records["arrays"].to_torch_state_dict()
+            arrays, metrics = train_locally(
+                settings, partition_id, server_round, global_state, bool(config["partial-update"])
+            )
+        except Exception as err:  # reported to the server, which aggregates the others
+            reason = f"client {partition_id + 1}: {type(err).__name__}: {err}"
+            logger.error("round %d, %s", server_round, reason)
+            return Message(Error(code=CLIENT_ERROR, reason=reason), reply_to=msg)
+        content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics)})
+        return Message(content=content, reply_to=msg)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        # The server learns which node holds which partition, for reproducible sampling.
+        partition_id = int(context.node_config["partition-id"])
+        content = RecordDict({"metrics": MetricRecord({"partition-id": partition_id})})
+        return Message(content=content, reply_to=msg)
+
+    return app

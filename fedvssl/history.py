@@ -1,0 +1,137 @@
+"""The run's history: one record per round in ``metrics.json``, a summary and a plot.
+
+A round record holds each client's loss, examples and aggregation weight, the failures, the
+round's wall time and any server-side evaluation. The file is rewritten atomically after every
+round, so a killed run keeps every complete round, and a resumed run drops what came after the
+round it resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round."""
+
+    round: int
+    seconds: float
+    train_loss: float | None  # example-weighted mean of the clients' losses; None if none replied
+    clients: list[dict[str, float | int]] = field(
+        default_factory=list
+    )  # id, loss, examples, weight
+    failures: list[str] = field(default_factory=list)
+    aggregated: bool = True  # False: too few clients replied, the global model stayed
+    evaluation: dict[str, float] = field(default_factory=dict)
+
+
+class History:
+    """The rounds of a run, persisted to ``path`` (JSON) after every change."""
+
+    def __init__(self, path: Path, config: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.config = config or {}
+        self.rounds: list[RoundRecord] = []
+        self.initial_evaluation: dict[str, float] = {}
+
+    @classmethod
+    def resume(cls, path: Path, config: dict[str, Any], last_round: int) -> History:
+        """Load an earlier run's history, keeping rounds up to ``last_round``."""
+        history = cls(path, config)
+        if path.is_file():
+            data = json.loads(path.read_text())
+            history.initial_evaluation = data.get("initial_evaluation", {})
+            rounds = [RoundRecord(**r) for r in data.get("rounds", [])]
+            history.rounds = [r for r in rounds if r.round <= last_round]
+        return history
+
+    def add(self, record: RoundRecord) -> None:
+        """Append a round and rewrite the file."""
+        self.rounds.append(record)
+        self.save()
+
+    def save(self) -> None:
+        """Write the history atomically."""
+        data = {
+            "config": self.config,
+            "initial_evaluation": self.initial_evaluation,
+            "rounds": [asdict(r) for r in self.rounds],
+        }
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.path)
+
+    def summary(self) -> str:
+        """Describe the whole run in a few lines."""
+        done = [r for r in self.rounds if r.train_loss is not None]
+        if not done:
+            return "no round finished"
+        first, last = done[0], done[-1]
+        seconds = sum(r.seconds for r in self.rounds)
+        trend = f"{first.train_loss:.4f} (round {first.round}) -> {last.train_loss:.4f}"
+        lines = [f"{len(self.rounds)} rounds in {seconds:.1f} s; mean client loss {trend}"]
+        failures = sum(len(r.failures) for r in self.rounds)
+        if failures:
+            lines.append(f"{failures} client failures (see {self.path.name})")
+        evaluated = [r for r in self.rounds if r.evaluation]
+        if evaluated:
+            metrics = ", ".join(f"{k} {v:.2f}" for k, v in evaluated[-1].evaluation.items())
+            lines.append(f"evaluation at round {evaluated[-1].round}: {metrics}")
+        return "\n".join(lines)
+
+    def plot(self, path: Path) -> None:
+        """Losses, aggregation weights (and evaluation) per round, as a PNG."""
+        evaluated = [r for r in self.rounds if r.evaluation]
+        panels = 3 if evaluated else 2
+        fig = Figure(figsize=(6.5, 2.6 * panels), layout="constrained")
+        axes = fig.subplots(panels, 1, sharex=True)
+        _plot_losses(axes[0], self.rounds)
+        _plot_weights(axes[1], self.rounds)
+        if evaluated:
+            _plot_evaluation(axes[2], self.initial_evaluation, evaluated)
+        axes[-1].set_xlabel("round")
+        tmp = path.with_name(path.name + ".tmp.png")
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+
+
+def _per_client(rounds: list[RoundRecord], key: str) -> dict[int, tuple[list[int], list[float]]]:
+    series: dict[int, tuple[list[int], list[float]]] = {}
+    for record in rounds:
+        for client in record.clients:
+            xs, ys = series.setdefault(int(client["id"]), ([], []))
+            xs.append(record.round)
+            ys.append(float(client[key]))
+    return dict(sorted(series.items()))
+
+
+def _plot_losses(ax: Any, rounds: list[RoundRecord]) -> None:
+    for cid, (xs, ys) in _per_client(rounds, "loss").items():
+        ax.plot(xs, ys, lw=0.8, alpha=0.6, label=f"client {cid}")
+    done = [r for r in rounds if r.train_loss is not None]
+    ax.plot([r.round for r in done], [r.train_loss for r in done], "k-", lw=2, label="mean")
+    ax.set_ylabel("CtP training loss")
+    ax.legend(fontsize="x-small", ncols=3)
+
+
+def _plot_weights(ax: Any, rounds: list[RoundRecord]) -> None:
+    for cid, (xs, ys) in _per_client(rounds, "weight").items():
+        ax.plot(xs, ys, marker=".", lw=0.8, label=f"client {cid}")
+    ax.set_ylabel("aggregation weight")
+
+
+def _plot_evaluation(ax: Any, initial: dict[str, float], rounds: list[RoundRecord]) -> None:
+    points = ([(0, initial)] if initial else []) + [(r.round, r.evaluation) for r in rounds]
+    for key in rounds[-1].evaluation:
+        ax.plot([x for x, e in points if key in e], [e[key] for _, e in points if key in e], "o-")
+        ax.set_ylabel(key)

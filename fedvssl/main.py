@@ -1,0 +1,185 @@
+"""``python -m fedvssl.main``: federated CtP pre-training with FedVSSL, configured by Hydra.
+
+1. compose the config (``conf/base.yaml`` + groups + command-line overrides);
+2. check the data (the built-in synthetic dataset is prepared on first use);
+3. build the ServerApp and ClientApp and run them over Ray (:mod:`fedvssl.simulation`);
+4. leave checkpoints, client logs, ``metrics.json`` and ``metrics.png`` in the run folder.
+
+``pre_train=false pretrained_model_path=PATH`` routes to retrieval + fine-tuning instead (the
+original's ``--pre_train=False``). Bad input ends the run with one ``error:`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, cast
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from fedvssl.checkpoints import CheckpointError
+from fedvssl.client_app import ClientSettings, make_client_app
+from fedvssl.data.preparation import dataset_is_prepared, prepare_dataset
+from fedvssl.server_app import RunStateError, ServerSettings, make_server_app
+from fedvssl.simulation import simulate
+from fedvssl.strategy import StrategyConfigError, resolve_strategy
+
+logger = logging.getLogger("fedvssl")
+
+
+class DataNotReadyError(RuntimeError):
+    """The dataset folder or a client partition is missing."""
+
+
+def ensure_dataset(dataset: dict[str, Any], data_dir: str, pool_size: int) -> None:
+    """Check the dataset and its ``pool_size`` partitions; prepare the synthetic one if allowed."""
+    root = Path(dataset["root"])
+    name = dataset["name"]
+    command = (
+        f"python dataset_preparation.py --dataset {name} --data-dir {data_dir} "
+        f"--num-clients {pool_size}"
+    )
+    if dataset_is_prepared(root, pool_size):
+        return
+    if dataset.get("auto_prepare"):
+        logger.info("preparing the %s dataset in %s (first use)", name, root)
+        prepare_dataset(name, Path(data_dir), num_clients=pool_size)
+        return
+    if not root.is_dir():
+        raise DataNotReadyError(f"{root} does not exist: prepare it with `{command}`")
+    raise DataNotReadyError(
+        f"{root} has no annotations or partitions for {pool_size} clients: run `{command}`"
+    )
+
+
+def server_settings(cfg: dict[str, Any], run_dir: str) -> ServerSettings:
+    """Read the server's settings from the composed config."""
+    return ServerSettings(
+        run_dir=run_dir,
+        rounds=int(cfg["rounds"]),
+        pool_size=int(cfg["pool_size"]),
+        clients_per_round=int(cfg["clients_per_round"]),
+        min_fit_clients=int(cfg["min_fit_clients"]),
+        seed=int(cfg["seed"]),
+        width=int(cfg["model"]["width"]),
+        clip_len=int(cfg["clip_len"]),
+        resume=bool(cfg["resume"]),
+        evaluate_every=int(cfg["evaluate_every"]),
+        round_timeout=float(cfg["round_timeout"]),
+        strategy=resolve_strategy(cfg["strategy"]),
+    )
+
+
+def client_settings(cfg: dict[str, Any], run_dir: str) -> ClientSettings:
+    """Read the clients' settings from the composed config."""
+    dataset, optimizer = cfg["dataset"], cfg["optimizer"]
+    return ClientSettings(
+        results_dir=str(Path(run_dir) / "fedvssl_results"),
+        dataset_root=str(Path(dataset["root"]).resolve()),
+        frames=dataset["frames"],
+        zip_template=dataset["zip_template"],
+        video_template=dataset["video_template"],
+        partition_template=dataset["partition_template"],
+        width=int(cfg["model"]["width"]),
+        clip_len=int(cfg["clip_len"]),
+        crop_size=int(cfg["crop_size"]),
+        batch_size=int(cfg["batch_size"]),
+        workers=int(cfg["workers"]),
+        local_epochs=int(cfg["local_epochs"]),
+        lr=float(optimizer["lr"]),
+        momentum=float(optimizer["momentum"]),
+        weight_decay=float(optimizer["weight_decay"]),
+        grad_clip=float(optimizer["grad_clip"]),
+        seed=int(cfg["seed"]),
+        bf16=bool(cfg["bf16"]),
+        channels_last=bool(cfg["channels_last"]),
+        log_interval=int(cfg["log_interval"]),
+        progress=bool(cfg["progress"]),
+        num_threads=max(1, int(cfg["client_resources"]["num_cpus"])),
+    )
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """Refuse settings that would hang or make no sense, with one clear line."""
+    pool, per_round = int(cfg["pool_size"]), int(cfg["clients_per_round"])
+    if pool < 1 or not 1 <= per_round <= pool:
+        raise ValueError(f"clients_per_round must be in [1, pool_size={pool}], got {per_round}")
+    if not 1 <= int(cfg["min_fit_clients"]) <= per_round:
+        raise ValueError(
+            f"min_fit_clients must be in [1, clients_per_round={per_round}], "
+            f"got {cfg['min_fit_clients']}"
+        )
+    if int(cfg["clip_len"]) % 8 or int(cfg["crop_size"]) % 8:
+        raise ValueError("clip_len and crop_size must be multiples of 8 (the backbone strides)")
+    if int(cfg["rounds"]) < 1:
+        raise ValueError(f"rounds must be at least 1, got {cfg['rounds']}")
+
+
+def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
+    """Run the federated pre-training; returns the last round's mean client loss."""
+    check_config(cfg)
+    server = server_settings(cfg, run_dir)
+    ensure_dataset(cfg["dataset"], cfg["data_dir"], server.pool_size)
+    clients = client_settings(cfg, run_dir)
+    evaluate_fn = None
+    if server.evaluate_every > 0:
+        from fedvssl.finetune import make_round_evaluator  # torch-heavy: only when asked for
+
+        evaluate_fn = make_round_evaluator(cfg)
+    sink: dict[str, Any] = {}
+    resources = cfg["client_resources"]
+    logger.info(
+        "FedVSSL (%s, alpha %.2f, beta %.2f): %d clients, %d rounds, %s data in %s",
+        server.strategy.name, server.strategy.alpha, server.strategy.beta, server.pool_size,
+        server.rounds, cfg["dataset"]["name"], cfg["dataset"]["root"],
+    )  # fmt: skip
+    simulate(
+        make_server_app(server, evaluate_fn=evaluate_fn, history_config=cfg, sink=sink),
+        make_client_app(clients),
+        num_clients=server.pool_size,
+        num_cpus=float(resources["num_cpus"]),
+        num_gpus=float(resources["num_gpus"]),
+        ray_init_args=cfg.get("ray_init_args"),
+    )
+    history = sink.get("history")
+    if history is None:
+        raise RunStateError("the server ended without a history; see the log above")
+    logger.info("done: %s", history.summary())
+    logger.info("checkpoints and client logs: %s; metrics: %s", server.results_dir, history.path)
+    last = history.rounds[-1].train_loss if history.rounds else None
+    return last
+
+
+USER_ERRORS = (
+    StrategyConfigError, DataNotReadyError, RunStateError, CheckpointError, ValueError,
+    FileNotFoundError,
+)  # fmt: skip
+
+
+def fail(err: BaseException) -> NoReturn:
+    """End the run with one clear line."""
+    logger.error("error: %s", err)
+    sys.exit(2)
+
+
+@hydra.main(config_path="../conf", config_name="base", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Run the Hydra entry point."""
+    plain = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        if not cfg.pre_train:
+            from fedvssl.finetune import run_downstream
+
+            run_downstream(plain, run_dir, pretrained=cfg.pretrained_model_path)
+            return None
+        return pretrain(plain, run_dir)
+    except USER_ERRORS as err:
+        fail(err)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""The FedVSSL ServerApp: rounds of sampling, local CtP training, aggregation and checkpoints.
+
+Every round: the strategy samples clients (reproducibly, by partition), sends the global arrays,
+aggregates the replies (FedVSSL: alpha/beta mix; see :mod:`fedvssl.strategy`), then the server
+
+- writes the global model to ``fedvssl_results/round-{r}-weights.array.npz`` (atomically);
+- appends the round (each client's loss, examples and weight, failures, wall time) to
+  ``metrics.json`` and logs one line;
+- every ``evaluate_every`` rounds, evaluates the global model with the hook it was given
+  (retrieval R@1 of the backbone; also before round 1).
+
+With ``resume`` the run continues after the last complete round of its results folder, with the
+same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from CtP.ctp import build_ctp
+from fedvssl.checkpoints import (
+    latest_round_checkpoint,
+    load_global_checkpoint,
+    round_checkpoint_path,
+    save_global_checkpoint,
+)
+from fedvssl.history import History, RoundRecord
+from fedvssl.strategy import FedVSSL, StrategySettings
+
+logger = logging.getLogger(__name__)
+
+EvaluateFn = Callable[[int, dict[str, np.ndarray]], dict[str, float]]
+
+
+class RunStateError(RuntimeError):
+    """The run folder does not fit the request (e.g. old checkpoints without ``resume``)."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The server's part of the run config."""
+
+    run_dir: str
+    rounds: int
+    pool_size: int
+    clients_per_round: int
+    min_fit_clients: int
+    seed: int
+    width: int
+    clip_len: int
+    resume: bool
+    evaluate_every: int
+    round_timeout: float
+    strategy: StrategySettings
+
+    @property
+    def results_dir(self) -> Path:
+        """``<run dir>/fedvssl_results``, where the original wrote its checkpoints."""
+        return Path(self.run_dir) / "fedvssl_results"
+
+
+def initial_state(width: int, clip_len: int, seed: int) -> dict[str, np.ndarray]:
+    """Build the seeded random CtP model every run starts from (reference §5.3.9: seed 7)."""
+    torch.manual_seed(seed)
+    model = build_ctp(width=width, clip_len=clip_len)
+    return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
+    """Turn global arrays into a Flower record, names and order kept."""
+    return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
+def to_state(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Turn a Flower record into named numpy arrays."""
+    return {k: record[k].numpy() for k in record}
+
+
+def discover_partitions(grid: Grid, pool_size: int, timeout: float) -> dict[int, int]:
+    """Ask every client for its partition id, once all ``pool_size`` are connected."""
+    deadline = time.monotonic() + timeout
+    while len(node_ids := list(grid.get_node_ids())) < pool_size:
+        if time.monotonic() > deadline:
+            raise RunStateError(f"only {len(node_ids)} of {pool_size} clients connected")
+        time.sleep(0.2)
+    queries = [
+        Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
+        for node in node_ids
+    ]
+    replies = grid.send_and_receive(queries, timeout=timeout)
+    ids = {
+        r.metadata.src_node_id: r.content.metric_records["metrics"]
+        for r in replies
+        if not r.has_error()
+    }
+    return {node: int(cast(int, metrics["partition-id"])) for node, metrics in ids.items()}
+
+
+def start_point(
+    settings: ServerSettings, history_config: dict[str, Any]
+) -> tuple[int, dict[str, np.ndarray], History]:
+    """Find where the run starts: round 1, or after the last complete round."""
+    results = settings.results_dir
+    results.mkdir(parents=True, exist_ok=True)
+    metrics_path = Path(settings.run_dir) / "metrics.json"
+    latest = latest_round_checkpoint(results)
+    if latest is not None and not settings.resume:
+        raise RunStateError(
+            f"{results} already holds round checkpoints: pass resume=true to continue that run, "
+            "or choose another hydra.run.dir"
+        )
+    if latest is None:
+        if settings.resume:
+            logger.warning(
+                "resume=true but %s holds no complete round: starting at round 1", results
+            )
+        state = initial_state(settings.width, settings.clip_len, settings.seed)
+        return 1, state, History(metrics_path, history_config)
+    last_round, path = latest
+    logger.info("resuming after round %d from %s", last_round, path)
+    history = History.resume(metrics_path, history_config, last_round)
+    return last_round + 1, load_global_checkpoint(path), history
+
+
+def round_record(
+    strategy: FedVSSL, server_round: int, seconds: float, aggregated: bool
+) -> RoundRecord:
+    """Build the round's record from the strategy's report of its last aggregation."""
+    report = strategy.last_round
+    if report is None:
+        return RoundRecord(round=server_round, seconds=seconds, train_loss=None, aggregated=False)
+    clients = [
+        {"id": cid + 1, "loss": loss, "examples": n, "weight": w}
+        for cid, loss, n, w in zip(
+            report.client_ids,
+            report.client_losses,
+            report.client_examples,
+            report.client_weights,
+            strict=True,
+        )
+    ]
+    total = sum(report.client_examples)
+    loss = sum(c["loss"] * c["examples"] for c in clients) / total if total else None
+    return RoundRecord(
+        round=server_round, seconds=seconds, train_loss=loss, clients=clients,
+        failures=list(report.failures), aggregated=aggregated,
+    )  # fmt: skip
+
+
+def round_line(record: RoundRecord, rounds: int) -> str:
+    """Format one concise progress line."""
+    if record.train_loss is None:
+        return f"round {record.round}/{rounds}: no client replied ({len(record.failures)} failed)"
+    weights = " ".join(f"{c['weight']:.2f}" for c in record.clients)
+    parts = [
+        f"round {record.round}/{rounds}: loss {record.train_loss:.4f}",
+        f"clients {len(record.clients)}/{len(record.clients) + len(record.failures)}",
+        f"weights {weights}",
+    ]
+    parts += [f"{k} {v:.2f}" for k, v in record.evaluation.items()]
+    if not record.aggregated:
+        parts.append("too few replies: global model kept")
+    return " | ".join(parts) + f" | {record.seconds:.1f} s"
+
+
+def run_rounds(
+    grid: Grid,
+    settings: ServerSettings,
+    evaluate_fn: EvaluateFn | None,
+    history_config: dict[str, Any],
+) -> History:
+    """Run the whole federated pre-training; return its history."""
+    first_round, state, history = start_point(settings, history_config)
+    strategy = FedVSSL(
+        alpha=settings.strategy.alpha,
+        beta=settings.strategy.beta,
+        clients_per_round=settings.clients_per_round,
+        min_fit_clients=settings.min_fit_clients,
+        seed=settings.seed,
+        min_available_nodes=settings.pool_size,
+    )
+    strategy.previous = list(state.values()) if first_round > 1 else None
+    strategy.node_partitions = discover_partitions(grid, settings.pool_size, settings.round_timeout)
+    arrays = to_record(state)
+    evaluate_now = evaluate_fn is not None and settings.evaluate_every > 0
+    if evaluate_now and first_round == 1 and evaluate_fn is not None:
+        history.initial_evaluation = evaluate_fn(0, state)
+        logger.info("round 0 (initial model): %s", _format(history.initial_evaluation))
+    for server_round in range(first_round, settings.rounds + 1):
+        started = time.perf_counter()
+        config = ConfigRecord({"partial-update": settings.strategy.partial_update})
+        messages: Iterable[Message] = strategy.configure_train(server_round, arrays, config, grid)
+        replies = grid.send_and_receive(messages, timeout=settings.round_timeout)
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        arrays = new_arrays if new_arrays is not None else arrays
+        state = to_state(arrays)
+        save_global_checkpoint(round_checkpoint_path(settings.results_dir, server_round), state)
+        record = round_record(strategy, server_round, 0.0, new_arrays is not None)
+        if evaluate_now and evaluate_fn is not None and server_round % settings.evaluate_every == 0:
+            record.evaluation = evaluate_fn(server_round, state)
+        record.seconds = time.perf_counter() - started
+        history.add(record)
+        logger.info(round_line(record, settings.rounds))
+    return history
+
+
+def _format(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+
+
+def make_server_app(
+    settings: ServerSettings,
+    *,
+    evaluate_fn: EvaluateFn | None = None,
+    history_config: dict[str, Any] | None = None,
+    sink: dict[str, Any] | None = None,
+) -> ServerApp:
+    """Build the ServerApp; its history lands in ``sink["history"]`` when it ends."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        history = run_rounds(grid, settings, evaluate_fn, history_config or {})
+        if history.rounds:
+            history.plot(Path(settings.run_dir) / "metrics.png")
+        if sink is not None:
+            sink["history"] = history
+
+    return app

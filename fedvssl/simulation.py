@@ -1,0 +1,95 @@
+"""The one place that starts a Flower simulation over Ray.
+
+``flwr.simulation.run_simulation`` is deprecated in favour of ``flwr run`` but is what a Python
+entry point (Hydra, sweeps, tests) can call; keeping the call here makes a future change a
+one-file change. Ray is started and stopped by every call, so Hydra multiruns restart it cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, cast
+
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+# Flower must not phone home or install packages for a local simulation.
+_QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+# Warnings Flower gives for choices made here on purpose: run_simulation's deprecation (see the
+# module docstring), no federated evaluation (the original's was a dummy, reference §5.3), and
+# Ray ending the client actors at the end of a run.
+_EXPECTED_WARNINGS = (
+    "DEPRECATED FEATURE",
+    "fraction_evaluate is set to 0.0",
+    "Manually terminating ClientAppActor",
+)
+
+
+def _unexpected(record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text in _EXPECTED_WARNINGS)
+
+
+def quiet_flower_logging() -> None:
+    """Let Flower's warnings through the root logger once, without INFO chatter."""
+    flwr_logger = logging.getLogger("flwr")
+    for handler in list(flwr_logger.handlers):
+        flwr_logger.removeHandler(handler)
+    flwr_logger.setLevel(logging.WARNING)
+    flwr_logger.propagate = True
+    if _unexpected not in flwr_logger.filters:
+        flwr_logger.addFilter(_unexpected)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # imported by Flower; INFO at import
+
+
+def simulate(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    *,
+    num_clients: int,
+    num_cpus: float,
+    num_gpus: float,
+    ray_init_args: dict[str, Any] | None = None,
+) -> None:
+    """Run ``server_app`` against ``num_clients`` virtual clients of ``client_app`` on Ray.
+
+    Parameters
+    ----------
+    server_app, client_app
+        The apps; what they capture must be picklable (clients run in Ray actors).
+    num_clients
+        Virtual SuperNodes, one per data partition.
+    num_cpus, num_gpus
+        Ray resources of one client; a fraction of a GPU lets clients share it.
+    ray_init_args
+        Extra arguments of ``ray.init``.
+    """
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    quiet_flower_logging()
+    from flwr.simulation import run_simulation  # imports Ray: only when a simulation runs
+
+    quiet_flower_logging()
+    init_args = {"logging_level": "ERROR", "log_to_driver": True} | dict(ray_init_args or {})
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=num_clients,
+        backend_name="ray",
+        backend_config=cast(
+            Any,
+            {
+                "client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus},
+                "init_args": init_args,
+            },
+        ),
+    )
+    quiet_flower_logging()  # run_simulation re-installs Flower's console handler

@@ -1,0 +1,94 @@
+"""The client's partial weight update, without Ray: its head persists, its backbone follows."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedvssl.client_app import (
+    ClientSettings,
+    head_files,
+    load_own_head,
+    save_own_head,
+    train_locally,
+)
+from fedvssl.server_app import initial_state
+
+
+def settings_for(data_dir: Path, results: Path) -> ClientSettings:
+    return ClientSettings(
+        results_dir=str(results),
+        dataset_root=str(data_dir / "synthetic"),
+        frames="zip",
+        zip_template="zips/{name}.zip",
+        video_template="UCF101_raw/{video}.avi",
+        partition_template="annotations/client_distribution/client_dist{client}.json",
+        width=16, clip_len=8, crop_size=32, batch_size=2, workers=0, local_epochs=1,
+        lr=0.01, momentum=0.9, weight_decay=1e-4, grad_clip=40.0, seed=7,
+        bf16=False, channels_last=False, log_interval=2, progress=False, num_threads=1,
+    )  # fmt: skip
+
+
+def global_model(seed: int) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in initial_state(16, 8, seed).items()}
+
+
+def test_client_keeps_its_head_while_its_backbone_follows_the_global_model(
+    synthetic_data_dir: Path, tmp_path: Path
+) -> None:
+    settings = settings_for(synthetic_data_dir, tmp_path / "results")
+    first_global, second_global = global_model(1), global_model(2)
+
+    after_first, metrics = train_locally(settings, 0, 1, first_global, partial=True)
+    assert metrics["partition-id"] == 0 and int(metrics["num-examples"]) > 0  # type: ignore[arg-type]
+    assert torch.isfinite(torch.tensor(metrics["train-loss"]))
+    # round 1: the client starts from the whole global model, so its head trained away from it
+    assert not torch.equal(after_first["head.fc1.weight"], first_global["head.fc1.weight"])
+
+    # round 2 with lr 0: the weights the client trained from are exactly what it returns
+    frozen = replace(settings, lr=0.0, momentum=0.0, weight_decay=0.0)
+    after_second, _ = train_locally(frozen, 0, 2, second_global, partial=True)
+    for key, value in after_second.items():
+        if key.startswith("head."):
+            torch.testing.assert_close(value, after_first[key], rtol=0, atol=0, msg=key)
+        elif key.endswith("conv.weight") or key.endswith("bn.weight"):
+            torch.testing.assert_close(value, second_global[key], rtol=0, atol=0, msg=key)
+
+
+def test_fedavg_client_takes_the_whole_global_model(
+    synthetic_data_dir: Path, tmp_path: Path
+) -> None:
+    settings = settings_for(synthetic_data_dir, tmp_path / "results")
+    train_locally(settings, 1, 1, global_model(1), partial=False)
+    frozen = replace(settings, lr=0.0, momentum=0.0, weight_decay=0.0)
+    second = global_model(2)
+    after, _ = train_locally(frozen, 1, 2, second, partial=False)
+    torch.testing.assert_close(after["head.fc1.weight"], second["head.fc1.weight"], rtol=0, atol=0)
+
+
+def test_head_files_keep_the_round_a_resume_needs(tmp_path: Path) -> None:
+    for server_round in (1, 3, 4):
+        save_own_head(
+            tmp_path, server_round, {"head.fc1.bias": torch.full((3,), float(server_round))}
+        )
+    assert sorted(head_files(tmp_path)) == [3, 4]  # the newest and the one it started from
+    restored = load_own_head(tmp_path, 4)  # a resumed round 4 starts from round 3's head
+    assert restored is not None and restored["head.fc1.bias"][0] == 3.0
+    assert load_own_head(tmp_path, 1) is None
+    assert not list(tmp_path.glob("*.tmp"))  # nothing half-written left
+
+
+@pytest.mark.parametrize("bad", ["not json", '[{"label": 1}]'])
+def test_bad_partition_file_raises_a_clear_error(
+    synthetic_data_dir: Path, tmp_path: Path, bad: str
+) -> None:
+    partition = tmp_path / "client_dist1.json"
+    partition.write_text(bad)
+    settings = replace(
+        settings_for(synthetic_data_dir, tmp_path / "results"), partition_template=str(partition)
+    )
+    with pytest.raises(ValueError, match=r"client_dist1\.json"):
+        train_locally(settings, 0, 1, global_model(1), partial=True)

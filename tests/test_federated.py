@@ -1,0 +1,185 @@
+"""End to end over Ray: `python -m fedvssl.main` on a tiny synthetic dataset.
+
+Each run is a separate process (as a user runs it): 2 clients, a width-16 model on 8-frame 32 px
+clips. Checked: checkpoints, client logs, metrics, the plot, resume after a kill, a two-job
+multirun, a failing client, and the one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedvssl.checkpoints import load_global_checkpoint
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "experiment=smoke",  # 2 clients, 2 rounds, width 16, 8x32x32 clips, batch 2
+    "client_resources.num_cpus=1",
+    "log_interval=2",
+]
+
+
+def main_command(run_dir: Path, data_dir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable, "-m", "fedvssl.main", f"hydra.run.dir={run_dir}",
+        f"data_dir={data_dir}", *TINY, *overrides,
+    ]  # fmt: skip
+
+
+def run_main(run_dir: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        main_command(run_dir, data_dir, *overrides),
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def checkpoint(run_dir: Path, server_round: int) -> dict[str, np.ndarray]:
+    return load_global_checkpoint(
+        run_dir / "fedvssl_results" / f"round-{server_round}-weights.array.npz"
+    )
+
+
+def test_two_rounds_write_checkpoints_logs_and_metrics(
+    synthetic_data_dir: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    done = run_main(run_dir, synthetic_data_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    state = checkpoint(run_dir, 2)
+    keys = list(state)
+    assert len(keys) == 126
+    assert keys[0] == "backbone.stem.conv.weight" and keys[-1] == "head.pred_head.bias"
+    assert state["backbone.stem.bn.num_batches_tracked"].dtype == np.int64
+    assert not np.array_equal(
+        state["backbone.stem.conv.weight"], checkpoint(run_dir, 1)["backbone.stem.conv.weight"]
+    )
+
+    for client in (1, 2):
+        logs = list((run_dir / "fedvssl_results" / f"client{client}").glob("*.log.json"))
+        assert logs, f"client {client} wrote no log"
+        line = json.loads(logs[0].read_text().splitlines()[0])
+        assert {
+            "mode",
+            "epoch",
+            "iter",
+            "lr",
+            "time",
+            "data_time",
+            "loss",
+            "loss_ctr",
+            "loss_size",
+        } <= set(line)
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rounds = metrics["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for record in rounds:
+        assert [c["id"] for c in record["clients"]] == [1, 2]
+        assert abs(sum(c["weight"] for c in record["clients"]) - 1) < 1e-6
+        assert all(np.isfinite(c["loss"]) and c["examples"] > 0 for c in record["clients"])
+        assert record["seconds"] > 0
+    assert (run_dir / "metrics.png").stat().st_size > 0
+    # one concise line per round, once
+    assert done.stdout.count("round 2/2: loss") == 1
+
+
+def test_killed_run_resumes_to_the_same_final_checkpoint(
+    synthetic_data_dir: Path, tmp_path: Path
+) -> None:
+    rounds = ["rounds=3"]
+    straight = tmp_path / "straight"
+    assert run_main(straight, synthetic_data_dir, *rounds).returncode == 0
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        main_command(killed, synthetic_data_dir, *rounds), cwd=ROOT, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    second = killed / "fedvssl_results" / "round-2-weights.array.npz"
+    deadline = time.monotonic() + 300
+    while not second.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "fedvssl_results" / "round-3-weights.array.npz").exists()
+
+    resumed = run_main(killed, synthetic_data_dir, *rounds, "resume=true")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming after round 2" in resumed.stdout
+    final, expected = checkpoint(killed, 3), checkpoint(straight, 3)
+    assert list(final) == list(expected)
+    for key in expected:
+        np.testing.assert_array_equal(final[key], expected[key], err_msg=key)
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
+
+
+def test_multirun_runs_each_job_in_its_own_folder(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "fedvssl.main", "--multirun", f"hydra.sweep.dir={sweep}",
+            f"data_dir={synthetic_data_dir}", *TINY, "rounds=1", "strategy.alpha=0,1",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    for job in ("0", "1"):
+        assert (sweep / job / "fedvssl_results" / "round-1-weights.array.npz").is_file()
+        assert json.loads((sweep / job / "metrics.json").read_text())["rounds"]
+    alphas = [
+        json.loads((sweep / j / "metrics.json").read_text())["config"]["strategy"]["alpha"]
+        for j in "01"
+    ]
+    assert sorted(alphas) == [0, 1]
+
+
+def test_failing_client_is_reported_and_the_others_aggregated(
+    synthetic_data_dir: Path, tmp_path: Path
+) -> None:
+    annotations = tmp_path / "broken_annotations"
+    annotations.mkdir()
+    partitions = synthetic_data_dir / "synthetic" / "annotations" / "client_distribution"
+    (annotations / "client_dist1.json").write_text((partitions / "client_dist1.json").read_text())
+    (annotations / "client_dist2.json").write_text("this is not json")
+    run_dir = tmp_path / "run"
+    done = run_main(
+        run_dir,
+        synthetic_data_dir,
+        "rounds=1",
+        f"dataset.partition_template='{annotations}/client_dist{{client}}.json'",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads((run_dir / "metrics.json").read_text())["rounds"][0]
+    assert [c["id"] for c in record["clients"]] == [1]
+    assert record["aggregated"] and len(record["failures"]) == 1
+    assert "client 2" in record["failures"][0]
+    assert (run_dir / "fedvssl_results" / "round-1-weights.array.npz").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["dataset=ucf101"], "dataset_preparation.py --dataset ucf101"),
+        (["strategy.alpha=1.5"], "strategy.alpha must be in [0, 1]"),
+        (["strategy.beta=-1"], "beta"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(tmp_path: Path, overrides: list[str], message: str) -> None:
+    done = run_main(tmp_path / "run", tmp_path / "nothing", *overrides)
+    assert done.returncode == 2
+    errors = [line for line in done.stdout.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
