@@ -3,10 +3,14 @@
 This is the TSN recogniser of the CtP code: ``backbone`` (fine-tuning strides), a parameter-free
 spatio-temporal average pool, then ``cls_head`` (dropout and ``fc_cls``). Its state dict is the
 120 ``backbone.*`` entries followed by ``cls_head.fc_cls.weight`` and ``cls_head.fc_cls.bias``.
+
+The video-level metrics of the test protocol (reference §7.1) live here too: clip logits are
+averaged per video, then top-k accuracy and mean class accuracy are read off the video scores.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -118,3 +122,100 @@ def build_classifier(*, width: int = 64, num_classes: int, dropout: float = 0.5)
         :func:`CtP.backbone.load_backbone`.
     """
     return Classifier(r3d_18(width=width, mode="finetune"), num_classes, dropout)
+
+
+def average_clip_scores(clip_scores: Tensor) -> Tensor:
+    """Average the clip logits of every video (reference §7.1: 10 clips per test video).
+
+    Parameters
+    ----------
+    clip_scores : Tensor
+        Logits ``[N, K, C]`` of the ``K`` clips of ``N`` videos.
+
+    Returns
+    -------
+    Tensor
+        Video scores ``[N, C]``. Softmax after averaging, as the original does, changes no
+        ranking, so the scores are left as averaged logits.
+    """
+    if clip_scores.dim() != 3:
+        raise ValueError(
+            f"clip scores must be [videos, clips, classes], got {tuple(clip_scores.shape)}"
+        )
+    return clip_scores.float().mean(dim=1)
+
+
+def _check_scores(scores: Tensor, labels: Tensor) -> None:
+    if scores.dim() != 2 or labels.shape != scores.shape[:1] or len(labels) == 0:
+        raise ValueError(
+            f"need scores [N, C] and labels [N] with N >= 1, got {tuple(scores.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+
+
+def topk_accuracy(scores: Tensor, labels: Tensor, k: int = 1) -> float:
+    """Percentage of videos whose label is among their ``k`` highest scores.
+
+    Parameters
+    ----------
+    scores : Tensor
+        Video scores ``[N, C]``.
+    labels : Tensor
+        0-based labels ``[N]``.
+    k : int
+        How many of the best classes count (clamped to ``C``).
+
+    Returns
+    -------
+    float
+        Top-k accuracy in percent.
+    """
+    _check_scores(scores, labels)
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices  # [N, k]
+    hits = (top == labels.long()[:, None]).any(dim=1)
+    return 100.0 * hits.double().mean().item()
+
+
+def mean_class_accuracy(scores: Tensor, labels: Tensor) -> float:
+    """Top-1 accuracy of every class that has test videos, averaged over those classes.
+
+    Parameters
+    ----------
+    scores : Tensor
+        Video scores ``[N, C]``.
+    labels : Tensor
+        0-based labels ``[N]``.
+
+    Returns
+    -------
+    float
+        Mean per-class accuracy in percent (each class weighs the same, whatever its size).
+    """
+    _check_scores(scores, labels)
+    labels = labels.long()
+    correct = (scores.argmax(dim=1) == labels).double()  # [N]
+    classes = labels.unique()
+    per_class = torch.stack([correct[labels == c].mean() for c in classes])
+    return 100.0 * per_class.mean().item()
+
+
+def video_accuracy(scores: Tensor, labels: Tensor) -> dict[str, float]:
+    """Compute the video-level metrics of the fine-tuning test (reference §7.1).
+
+    Parameters
+    ----------
+    scores : Tensor
+        Video scores ``[N, C]`` (averaged clip logits).
+    labels : Tensor
+        0-based labels ``[N]``.
+
+    Returns
+    -------
+    dict[str, float]
+        ``{"top1", "top5", "mean_class_accuracy"}``, in percent.
+    """
+    return {
+        "top1": topk_accuracy(scores, labels, 1),
+        "top5": topk_accuracy(scores, labels, 5),
+        "mean_class_accuracy": mean_class_accuracy(scores, labels),
+    }

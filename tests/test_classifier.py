@@ -110,3 +110,68 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="label"):
         model.losses(torch.randn(2, 3, 8, 32, 32), torch.tensor([1]))
     assert isinstance(model, Classifier)
+
+
+# ------------------------------------------------------------------- video-level metrics (§7.1)
+
+# Video scores of 5 videos over 6 classes, and their labels (0-based). The label's rank:
+# v0 rank 1, v1 rank 5, v2 rank 6, v3 rank 1, v4 rank 1.
+VIDEO_SCORES = [
+    [5.0, 4.0, 3.0, 2.0, 1.0, 0.0],
+    [5.0, 4.0, 3.0, 2.0, 1.0, 0.0],
+    [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+    [0.0, 9.0, 1.0, 2.0, 3.0, 4.0],
+    [0.0, 8.0, 1.0, 2.0, 3.0, 4.0],
+]
+VIDEO_LABELS = [0, 4, 0, 1, 1]
+
+
+def test_topk_and_mean_class_accuracy_by_hand() -> None:
+    from CtP.classifier import mean_class_accuracy, topk_accuracy, video_accuracy
+
+    scores, labels = torch.tensor(VIDEO_SCORES), torch.tensor(VIDEO_LABELS)
+    assert topk_accuracy(scores, labels, 1) == pytest.approx(60.0)  # v0, v3, v4
+    assert topk_accuracy(scores, labels, 5) == pytest.approx(80.0)  # v2 misses (rank 6)
+    assert topk_accuracy(scores, labels, 6) == pytest.approx(100.0)
+    # class 0: v0 right, v2 wrong -> 1/2; class 4: v1 wrong -> 0; class 1: v3, v4 right -> 1.
+    assert mean_class_accuracy(scores, labels) == pytest.approx(100 * (0.5 + 0 + 1) / 3)
+    assert video_accuracy(scores, labels) == {
+        "top1": pytest.approx(60.0),
+        "top5": pytest.approx(80.0),
+        "mean_class_accuracy": pytest.approx(50.0),
+    }
+    with pytest.raises(ValueError, match="scores"):
+        topk_accuracy(scores, labels[:3])
+
+
+def test_clip_logits_are_averaged_per_video() -> None:
+    from torch.utils.data import DataLoader
+
+    from CtP.classifier import average_clip_scores, video_accuracy
+    from CtP.train import predict_videos
+
+    # 10 clips per video: clips 0-4 add +10 to the class after the label (so their top-1 is
+    # wrong), clips 5-9 subtract 10 from it; the mean of the 10 clips is the video score.
+    scores = torch.tensor(VIDEO_SCORES)
+    clip_logits = scores[:, None, :].repeat(1, 10, 1)  # [5, 10, 6]
+    for video, label in enumerate(VIDEO_LABELS):
+        clip_logits[video, :5, (label + 1) % 6] += 10.0
+        clip_logits[video, 5:, (label + 1) % 6] -= 10.0
+    samples = [
+        {
+            "imgs": clip_logits[i],
+            "label": torch.tensor(VIDEO_LABELS[i]),
+            "valid": torch.tensor(True),
+        }
+        for i in range(5)
+    ]
+    loader: DataLoader[dict[str, torch.Tensor]] = DataLoader(samples, batch_size=2)  # type: ignore[arg-type]
+    averaged, labels, valid = predict_videos(
+        nn.Identity(), loader, device=torch.device("cpu"), progress=False
+    )
+    assert torch.allclose(averaged, scores, atol=1e-5)
+    assert torch.allclose(average_clip_scores(clip_logits), scores, atol=1e-5)
+    assert labels.tolist() == VIDEO_LABELS and valid.all()
+    assert video_accuracy(averaged, labels)["top1"] == pytest.approx(60.0)
+    first_clip_top1 = video_accuracy(clip_logits[:, 0], labels)["top1"]
+    assert first_clip_top1 != pytest.approx(60.0)

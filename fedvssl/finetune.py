@@ -1,0 +1,430 @@
+"""``python -m fedvssl.finetune``: retrieval and fine-tuning of a pre-trained backbone (Hydra).
+
+1. read the backbone of any checkpoint (``pretrained=PATH``; ``null`` keeps a random one);
+2. retrieval with frozen features: test videos query the train videos, R@1/5/10/20/50
+   (reference §7.2);
+3. fine-tune the whole classifier (reference §7.1), keeping ``last.pt`` every epoch (and
+   ``best.pt`` with ``validate_every``), then the 10-clip video-level test;
+4. write ``results.json`` in the run folder and log a small table.
+
+``python -m fedvssl.main pre_train=false pretrained_model_path=PATH`` comes here through
+:func:`run_downstream`, and :func:`make_round_evaluator` gives pre-training its per-round
+retrieval. Bad input ends the run with one ``error:`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from CtP.backbone import load_backbone
+from CtP.classifier import Classifier, build_classifier, video_accuracy
+from CtP.datasets import (
+    Annotation,
+    ClipDataset,
+    FrameSource,
+    MultiClipDataset,
+    VideoFileSource,
+    VideoReadError,
+    ZipFrameSource,
+    load_annotations,
+)
+from CtP.retrieval import (
+    RetrievalModel,
+    build_retrieval_model,
+    evaluate_retrieval,
+    extract_features,
+    retrieval_metrics,
+)
+from CtP.train import build_optimizer, make_loader, train_one_epoch
+from CtP.transforms import EvalTransform, FinetuneAugmentation
+from fedvssl.checkpoints import CheckpointError, load_backbone_state
+from fedvssl.data.atomic import atomic_path, write_bytes_atomic
+from fedvssl.data.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+Config = dict[str, Any]
+BackboneState = dict[str, torch.Tensor]
+RoundEvaluator = Callable[[int, dict[str, np.ndarray]], dict[str, float]]
+# Keys a pre-training run hands on to fine-tuning (pre_train=false): the data and the clip geometry.
+FORWARDED_KEYS = ("data_dir", "seed", "resume", "clip_len", "crop_size", "workers", "bf16",
+                  "channels_last")  # fmt: skip
+POSITIVE_KEYS = ("batch_size", "clip_len", "crop_size", "frame_stride", "num_clips",
+                 "eval_batch_size")  # fmt: skip
+
+
+class DownstreamError(ValueError):
+    """Bad input to retrieval or fine-tuning that the user can fix (the message says how)."""
+
+
+def frame_source(dataset: Config) -> FrameSource:
+    """Where the dataset's frames come from: CtP zips of JPEGs, or the video files."""
+    if dataset["frames"] == "zip":
+        return ZipFrameSource(dataset["root"], dataset["zip_template"])
+    return VideoFileSource(dataset["root"], dataset["video_template"])
+
+
+def load_splits(dataset: Config, data_dir: str) -> tuple[list[Annotation], list[Annotation]]:
+    """Read the train and test annotations, preparing the synthetic dataset on first use."""
+    root = Path(dataset["root"])
+    paths = [root / dataset["train_annotations"], root / dataset["test_annotations"]]
+    if not all(p.is_file() for p in paths) and dataset.get("auto_prepare"):
+        from fedvssl.data.preparation import prepare_dataset
+
+        logger.info("preparing the %s dataset in %s (first use)", dataset["name"], root)
+        try:
+            prepare_dataset(dataset["name"], Path(data_dir))
+        except DataError as err:
+            raise DownstreamError(str(err)) from None
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        command = f"python dataset_preparation.py --dataset {dataset['name']} --data-dir {data_dir}"
+        raise DownstreamError(f"{missing[0]} does not exist: prepare the data with `{command}`")
+    train, test = (load_annotations(p) for p in paths)
+    if not train or not test:
+        raise DownstreamError(f"the annotations in {root} list no train or no test video")
+    return train, test
+
+
+def evenly_spaced(items: Sequence[Annotation], limit: int | None) -> list[Annotation]:
+    """At most ``limit`` items, evenly spaced over the list (all of them for ``None``)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit < 1:
+        raise DownstreamError(f"evaluation.max_videos must be at least 1, got {limit}")
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, limit).round()]
+
+
+def multi_clip(cfg: Config, items: Sequence[Annotation], num_clips: int) -> MultiClipDataset:
+    """Build the test/retrieval clips of ``items``: uniform clips, resize, centre crop (§7.1)."""
+    crop = int(cfg["crop_size"])
+    return MultiClipDataset(
+        items, frame_source(cfg["dataset"]), EvalTransform(crop_size=crop),
+        clip_len=int(cfg["clip_len"]), stride=int(cfg.get("frame_stride", 2)),
+        num_clips=num_clips, crop_size=crop,
+    )  # fmt: skip
+
+
+def pick_device() -> torch.device:
+    """Return the GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def run_retrieval(
+    cfg: Config, run_dir: Path, state: BackboneState | None, width: int,
+    queries: MultiClipDataset, gallery: MultiClipDataset,
+) -> dict[str, float]:  # fmt: skip
+    """Compute R@k of the test split against the train split (kept in ``retrieval.json``)."""
+    path = run_dir / "retrieval.json"
+    if cfg["resume"] and path.is_file():
+        logger.info("retrieval results of the interrupted run: %s", path)
+        kept: dict[str, float] = json.loads(path.read_text())
+        return kept
+    torch.manual_seed(int(cfg["seed"]))  # the random-backbone baseline is seeded too
+    model, options = build_retrieval_model(state, width=width), _inference_options(cfg)
+    q = extract_features(model, queries, desc="retrieval: queries", **options)
+    g = extract_features(model, gallery, desc="retrieval: gallery", **options)
+    metrics = retrieval_metrics(q, g, [int(k) for k in cfg["recall_ks"]], options["device"])
+    metrics["retrieval_left_out"] = q.left_out + g.left_out
+    write_bytes_atomic(json.dumps(metrics).encode(), path)
+    return metrics
+
+
+def _inference_options(cfg: Config) -> dict[str, Any]:
+    return {
+        "device": pick_device(), "batch_size": int(cfg["eval_batch_size"]),
+        "workers": int(cfg["workers"]), "bf16": bool(cfg["bf16"]),
+        "channels_last": bool(cfg["channels_last"]), "progress": bool(cfg["progress"]),
+    }  # fmt: skip
+
+
+def evaluate_classifier(
+    cfg: Config, model: Classifier, test_set: MultiClipDataset
+) -> dict[str, float]:
+    """Test at video level: clip logits averaged per video; top-1, top-5, mean class accuracy."""
+    scores = extract_features(model, test_set, desc="test", **_inference_options(cfg))
+    if not scores.valid.any():
+        raise DownstreamError("no test video could be read; check the dataset's zips")
+    if scores.left_out:
+        logger.warning("the test leaves out %d unreadable videos", scores.left_out)
+    return video_accuracy(*scores.kept()) | {"test_left_out": scores.left_out}
+
+
+def resume_point(
+    run_dir: Path, resume: bool, model: Classifier, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[int, dict[str, float] | None]:  # fmt: skip
+    """Restore ``last.pt`` when resuming; returns the first epoch to train and the best so far."""
+    path = run_dir / "last.pt"
+    if not resume or not path.is_file():
+        if resume:
+            logger.warning("resume=true but %s does not exist: fine-tuning from epoch 1", path)
+        return 1, None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    except Exception as err:  # unreadable, or another model: torch raises many types
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DownstreamError(
+            f"{path} cannot be resumed ({reason}); use a new hydra.run.dir"
+        ) from None
+    logger.info("resuming the fine-tuning after epoch %d from %s", saved["epoch"], path)
+    return int(saved["epoch"]) + 1, saved.get("best")
+
+
+def build_finetuning(
+    cfg: Config, state: BackboneState | None, width: int, num_classes: int, device: torch.device
+) -> tuple[Classifier, torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
+    """Build the classifier (backbone from ``state``), SGD and the step decay (reference §7.1)."""
+    opt_cfg = cfg["optimizer"]
+    torch.manual_seed(int(cfg["seed"]))
+    model = build_classifier(
+        width=width, num_classes=num_classes, dropout=float(cfg["model"]["dropout"])
+    )
+    if state is not None:
+        load_backbone(model, state)
+    model.to(device)
+    if device.type == "cuda" and cfg["channels_last"]:
+        model.to(memory_format=torch.channels_last_3d)
+    optimizer = build_optimizer(
+        model, lr=float(opt_cfg["lr"]), momentum=float(opt_cfg["momentum"]),
+        weight_decay=float(opt_cfg["weight_decay"]),
+    )  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, [int(m) for m in opt_cfg["milestones"]], gamma=float(opt_cfg["gamma"])
+    )
+    return model, optimizer, scheduler
+
+
+def finetune(
+    cfg: Config, run_dir: Path, state: BackboneState | None, width: int, num_classes: int,
+    train: list[Annotation], test_set: MultiClipDataset,
+) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune the whole classifier (reference §7.1), then test it; returns the test metrics."""
+    seed, device = int(cfg["seed"]), pick_device()
+    model, optimizer, scheduler = build_finetuning(cfg, state, width, num_classes, device)
+    first, best = resume_point(run_dir, bool(cfg["resume"]), model, optimizer, scheduler)
+    crop = int(cfg["crop_size"])
+    train_set = ClipDataset(
+        train, frame_source(cfg["dataset"]), FinetuneAugmentation(crop_size=crop),
+        clip_len=int(cfg["clip_len"]), stride=int(cfg["frame_stride"]), seed=seed,
+    )  # fmt: skip
+    epochs, validate_every = int(cfg["epochs"]), int(cfg["validate_every"])
+    for epoch in range(first, epochs + 1):
+        torch.manual_seed(seed * 1_000_003 + epoch)  # dropout: the same whether resumed or not
+        train_set.set_epoch(epoch)
+        loader = make_loader(
+            train_set, batch_size=int(cfg["batch_size"]), workers=int(cfg["workers"]),
+            seed=seed * 7919 + epoch, pin_memory=device.type == "cuda",
+        )  # fmt: skip
+        result = train_one_epoch(
+            model, loader, optimizer, device=device, epoch=epoch,
+            grad_clip=float(cfg["optimizer"]["grad_clip"]), bf16=bool(cfg["bf16"]),
+            channels_last=bool(cfg["channels_last"]), log_path=run_dir / "finetune.log.json",
+            log_interval=int(cfg["log_interval"]), progress=bool(cfg["progress"]),
+            loss_fn=lambda batch: model.losses(batch["imgs"], batch["label"]),
+        )  # fmt: skip
+        scheduler.step()
+        line = f"epoch {epoch}/{epochs}: loss {result.loss:.4f}, {result.seconds:.1f} s"
+        if validate_every > 0 and epoch % validate_every == 0:
+            metrics = evaluate_classifier(cfg, model, test_set)
+            line += f", test top-1 {metrics['top1']:.2f}"
+            if best is None or metrics["top1"] > best["top1"]:
+                best = {"epoch": epoch, **metrics}
+                save_atomic({"model": model.state_dict(), "epoch": epoch}, run_dir / "best.pt")
+        save_atomic(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best},
+            run_dir / "last.pt",
+        )  # fmt: skip
+        logger.info(line)
+    return evaluate_classifier(cfg, model, test_set) | ({"best": best} if best else {})
+
+
+def check_config(cfg: Config, run_dir: Path) -> None:
+    """Refuse settings that make no sense, or would overwrite a fine-tuning, with one line."""
+    for key in POSITIVE_KEYS:
+        if int(cfg[key]) < 1:
+            raise DownstreamError(f"{key} must be at least 1, got {cfg[key]}")
+    if int(cfg["epochs"]) < 0:
+        raise DownstreamError(f"epochs must be 0 (retrieval only) or more, got {cfg['epochs']}")
+    if int(cfg["epochs"]) > 0 and (run_dir / "last.pt").is_file() and not cfg["resume"]:
+        raise DownstreamError(
+            f"{run_dir / 'last.pt'} exists: pass resume=true to continue that fine-tuning, or "
+            "choose another hydra.run.dir"
+        )
+
+
+def downstream(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
+    """Run retrieval, then fine-tuning and test; write and return ``results.json``'s content."""
+    started, run_dir = time.perf_counter(), Path(run_dir)
+    check_config(cfg, run_dir)
+    pretrained = cfg["pretrained"]
+    state = load_backbone_state(pretrained) if pretrained else None
+    train, test = load_splits(cfg["dataset"], str(cfg["data_dir"]))
+    num_classes = max(a.label for a in train + test)
+    width = int(state["stem.conv.weight"].shape[0]) if state else int(cfg["model"]["width"])
+    logger.info(
+        "%s: %d train / %d test videos, %d classes; backbone %s (width %d) on %s",
+        cfg["dataset"]["name"], len(train), len(test), num_classes, pretrained or "random",
+        width, pick_device(),
+    )  # fmt: skip
+    test_set = multi_clip(cfg, test, int(cfg["num_clips"]))
+    results: dict[str, Any] = {
+        "checkpoint": str(Path(pretrained).resolve()) if pretrained else None,
+        "dataset": cfg["dataset"]["name"],
+    }
+    try:
+        if cfg["retrieval"]:
+            gallery = multi_clip(cfg, train, int(cfg["num_clips"]))
+            results |= run_retrieval(cfg, run_dir, state, width, test_set, gallery)
+        if int(cfg["epochs"]) > 0:
+            results |= finetune(cfg, run_dir, state, width, num_classes, train, test_set)
+    except VideoReadError as err:
+        raise DownstreamError(f"{err}; check the dataset in {cfg['dataset']['root']}") from None
+    results |= {
+        "epochs": int(cfg["epochs"]), "seconds": time.perf_counter() - started, "config": cfg,
+    }  # fmt: skip
+    write_bytes_atomic(json.dumps(results, indent=2).encode(), run_dir / "results.json")
+    log_table(results, run_dir / "results.json")
+    return results
+
+
+def log_table(results: dict[str, Any], path: Path) -> None:
+    """Log the headline numbers as a small table."""
+    keys = [k for k in results if k.startswith("R@")]
+    keys += [k for k in ("top1", "top5", "mean_class_accuracy") if k in results]
+    names = {"top1": "top-1", "top5": "top-5", "mean_class_accuracy": "mean class"}
+    header = " | ".join(f"{names.get(k, k):>10}" for k in keys)
+    values = " | ".join(f"{results[k]:>10.2f}" for k in keys)
+    logger.info("%s on %s:", results["checkpoint"] or "random backbone", results["dataset"])
+    logger.info(header)
+    logger.info(values)
+    logger.info("results: %s", path)
+
+
+def finetune_config(cfg: Config, pretrained: str | None) -> Config:
+    """Compose the fine-tuning config for a pre-training config (``conf/finetune.yaml``).
+
+    The dataset node, ``data_dir``, ``seed``, ``resume``, the clip geometry, the model width
+    and the loader settings come from ``cfg``; a ``finetune`` node in ``cfg`` (e.g.
+    ``+finetune.epochs=1`` on the command line) overrides any fine-tuning key.
+    """
+    from hydra import compose, initialize
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: the same conf/ folder
+        composed = compose(config_name="finetune")
+    else:
+        with initialize(config_path="../conf", version_base="1.3"):
+            composed = compose(config_name="finetune")
+    try:
+        composed.dataset = cfg["dataset"]
+        for key in FORWARDED_KEYS:
+            composed[key] = cfg[key]
+        composed.model.width = cfg["model"]["width"]
+        composed.pretrained = pretrained
+        merged = OmegaConf.merge(composed, cfg.get("finetune") or {})
+    except OmegaConfBaseException as err:
+        raise DownstreamError(f"bad fine-tuning settings: {err}".splitlines()[0]) from None
+    plain = OmegaConf.to_container(merged, resolve=True)
+    assert isinstance(plain, dict)
+    return {str(k): v for k, v in plain.items()}
+
+
+def run_downstream(cfg: Config, run_dir: str, pretrained: str | None) -> None:
+    """Run retrieval and fine-tuning from a pre-training config (``pre_train=false``).
+
+    Parameters
+    ----------
+    cfg : dict
+        The composed pre-training config (``conf/base.yaml``), resolved.
+    run_dir : str
+        Where ``results.json`` and the fine-tuning checkpoints go.
+    pretrained : str or None
+        The checkpoint (None: a random backbone).
+    """
+    downstream(finetune_config(cfg, pretrained), run_dir)
+
+
+def make_round_evaluator(cfg: Config) -> RoundEvaluator:
+    """Build the per-round retrieval of the global backbone during pre-training.
+
+    Parameters
+    ----------
+    cfg : dict
+        The composed pre-training config; ``cfg["evaluation"]`` gives ``num_clips``,
+        ``batch_size`` and ``max_videos`` (per split, an evenly spaced subset).
+
+    Returns
+    -------
+    Callable
+        ``evaluate(server_round, state) -> {"R@1": ..., "R@5": ...}`` over the test split
+        (queries) and the train split (gallery); ``state`` holds the round's arrays by key.
+    """
+    settings = cfg["evaluation"]
+    train, test = load_splits(cfg["dataset"], str(cfg["data_dir"]))
+    limit = settings.get("max_videos")
+    num_clips = int(settings["num_clips"])
+    queries = multi_clip(cfg, evenly_spaced(test, limit), num_clips)
+    gallery = multi_clip(cfg, evenly_spaced(train, limit), num_clips)
+    ks = [int(k) for k in settings.get("ks", (1, 5))]
+    device = pick_device()
+    models: dict[int, RetrievalModel] = {}
+
+    def evaluate(server_round: int, state: dict[str, np.ndarray]) -> dict[str, float]:
+        backbone = {
+            k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
+        }
+        width = int(backbone["stem.conv.weight"].shape[0])
+        if width not in models:
+            models[width] = build_retrieval_model(None, width=width)
+        model = models[width]
+        load_backbone(model, backbone)
+        return evaluate_retrieval(
+            model, queries, gallery, device=device, ks=ks, batch_size=int(settings["batch_size"]),
+            workers=int(settings.get("workers", cfg["workers"])), bf16=bool(cfg["bf16"]),
+            channels_last=bool(cfg["channels_last"]), progress=False,
+        )  # fmt: skip
+
+    return evaluate
+
+
+USER_ERRORS = (DownstreamError, CheckpointError, ValueError, FileNotFoundError)
+
+
+@hydra.main(config_path="../conf", config_name="finetune", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Run the Hydra entry point."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    try:
+        downstream({str(k): v for k, v in plain.items()}, HydraConfig.get().runtime.output_dir)
+    except USER_ERRORS as err:
+        logger.error("error: %s", err)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
