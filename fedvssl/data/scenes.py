@@ -28,7 +28,6 @@ MOTIONS = (
 )
 SHAPES = ("ellipse", "rectangle", "triangle", "cross", "diamond")
 OBJECT_TEXTURES = ("solid", "stripes", "checker", "rings")
-BACKGROUNDS = ("gradient", "stripes", "checker", "blobs")
 
 
 @dataclass(frozen=True)
@@ -57,25 +56,34 @@ class Track:
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)  # [H, W] each
-    kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-    theta = rng.uniform(0, math.pi)
-    along = (xs * math.cos(theta) + ys * math.sin(theta)) / max(width, height)
-    if kind == "gradient":
-        pattern = along - along.min()
-        pattern /= max(float(pattern.max()), 1e-6)
-    elif kind == "stripes":
-        pattern = 0.5 + 0.5 * np.sin(2 * math.pi * rng.uniform(2, 6) * along)
-    elif kind == "checker":
-        cell = rng.uniform(8, 24) * width / 128
-        pattern = ((xs // cell + ys // cell) % 2).astype(np.float32)
-    else:  # blobs: smooth low-frequency noise
-        coarse = rng.random((4, 5)).astype(np.float32)
-        pattern = np.clip(cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC), 0, 1)
-    base = rng.uniform(0.1, 0.9, 3)
-    other = np.clip(base + rng.uniform(-0.25, 0.25, 3), 0, 1)
-    bg = base[None, None] * (1 - pattern[..., None]) + other[None, None] * pattern[..., None]
-    return bg.astype(np.float32)  # [H, W, 3]
+    """Draw a "dead leaves" clutter: overlapping opaque discs and boxes of random colours.
+
+    Occlusion and edges at every scale are what natural frames have, and what CtP needs: it pastes
+    pieces of the clip itself, which must carry texture to be seen (a flat background would make
+    every pasted patch invisible and the pretext task unlearnable).
+    """
+    canvas = np.empty((height, width, 3), np.float32)  # [H, W, 3]
+    canvas[:] = rng.uniform(0.2, 0.8, 3)
+    palette = rng.uniform(0.25, 0.75, 3)  # colours scatter around a per-video palette
+    spread = rng.uniform(0.2, 0.35)
+    count = int(rng.integers(60, 120) * width * height / (128 * 96))
+    small, large = 0.03 * height, 0.3 * height
+    radii = np.sort(small * (large / small) ** rng.random(count))[::-1]  # big leaves first
+    for radius in radii:
+        colour = tuple(float(c) for c in np.clip(palette + rng.normal(0, spread, 3), 0, 1))
+        cx, cy = rng.uniform(-radius, width + radius), rng.uniform(-radius, height + radius)
+        if rng.random() < 0.5:
+            cv2.circle(canvas, (int(cx), int(cy)), max(1, int(radius)), colour, -1, cv2.LINE_AA)
+        else:
+            theta = rng.uniform(0, math.pi)
+            half = radius * np.array([1.0, rng.uniform(0.3, 1.0)])
+            axes = np.array(
+                [[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]]
+            )
+            corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half @ axes + (cx, cy)
+            cv2.fillPoly(canvas, [np.round(corners).astype(np.int32)], colour, cv2.LINE_AA)
+    grain = rng.normal(0, 0.03, (height, width, 1)).astype(np.float32)  # fine texture
+    return np.clip(canvas + grain, 0, 1)  # [H, W, 3]
 
 
 def sample_appearance(rng: np.random.Generator, width: int, height: int) -> Appearance:
