@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedvssl.checkpoints import CheckpointError
 from fedvssl.client_app import ClientSettings, make_client_app
+from fedvssl.data.errors import DataError
 from fedvssl.data.preparation import dataset_is_prepared, prepare_dataset
 from fedvssl.server_app import RunStateError, ServerSettings, make_server_app
 from fedvssl.simulation import simulate
@@ -153,8 +154,9 @@ def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
     return last
 
 
+# Errors whose message tells the user what to do; anything else is a bug and keeps its traceback.
 USER_ERRORS = (
-    StrategyConfigError, DataNotReadyError, RunStateError, CheckpointError, ValueError,
+    DataError, StrategyConfigError, DataNotReadyError, RunStateError, CheckpointError, ValueError,
     FileNotFoundError,
 )  # fmt: skip
 
