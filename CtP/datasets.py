@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import av
 import cv2
 import numpy as np
 import torch
@@ -154,6 +153,8 @@ class VideoFileSource:
 
     def read_clip(self, name: str, choose: IndexChooser) -> Frames:
         """Decode the video once, sequentially, and keep the chosen frames."""
+        import av  # PyAV is needed by this source only: frame zips are read without it
+
         path = self.path_of(name)
         try:
             with av.open(str(path)) as container:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from CtP.ctp import build_ctp
-from fedvssl.strategy import aggregate_fedvssl
+from fedvssl.aggregation import aggregate_fedvssl
 
 ALPHA, BETA = 0.9, 1.0
 

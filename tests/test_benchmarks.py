@@ -1,0 +1,172 @@
+"""Benchmarks: the generated UCF-like set, the random trajectories, and each report's contents.
+
+Each benchmark runs as the suite runs it, ``python -m benchmarks.<name>`` from the repository
+root, in a tiny configuration; nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_INPUT = ["--videos", "3", "--frames", "12", "--size", "64", "48"]
+TINY_CLIP = ["--crop-size", "32", "--clip-len", "8"]
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``python *args`` from the repository root (so ``benchmarks`` is importable)."""
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"python {' '.join(args)} failed:\n{done.stderr}")
+    return done
+
+
+def benchmark(name: str, *args: str) -> dict[str, Any]:
+    """Run one benchmark (its report goes to stdout) and return the report."""
+    done = run("-m", f"benchmarks.{name}", *args)
+    report = json.loads(done.stdout)
+    assert report["benchmark"] == name
+    assert report["machine"]["cpu_count"] >= 1
+    return report
+
+
+@pytest.fixture(scope="module")
+def ucf_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("ucf_like")
+    run("-m", "benchmarks.pipeline", *TINY_INPUT, "--data", str(data), "--generate-only")
+    return data
+
+
+def test_ucf_like_set_has_the_zip_layout(ucf_like: Path) -> None:
+    items = json.loads((ucf_like / "annotations" / "ucf_like.json").read_text())
+    assert [item["label"] for item in items] == [1, 2, 3]
+    for item in items:
+        with zipfile.ZipFile(ucf_like / "zips" / f"{item['name']}.zip") as archive:
+            assert archive.namelist() == [f"img_{i:05d}.jpg" for i in range(1, 13)]
+            data = np.frombuffer(archive.read("img_00007.jpg"), np.uint8)
+        frame = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        assert frame is not None
+        assert frame.shape == (48, 64, 3)
+        assert frame.std() > 10  # textured, not flat
+    spec = json.loads((ucf_like / "ucf_like.json").read_text())
+    assert spec | {"seed": 0} == {
+        "videos": 3,
+        "frames": 12,
+        "size": [64, 48],
+        "seed": 0,
+        "jpeg_quality": 95,
+    }
+
+
+def test_pipeline_report_reuses_the_set(ucf_like: Path) -> None:
+    zip_file = next((ucf_like / "zips").rglob("*.zip"))
+    stamp = zip_file.stat().st_mtime_ns
+    report = benchmark(
+        "pipeline",
+        *TINY_INPUT,
+        "--data",
+        str(ucf_like),
+        *TINY_CLIP,
+        *["--workers", "0", "2", "--clips", "3", "--batch", "2", "--batches", "2"],
+    )
+    assert zip_file.stat().st_mtime_ns == stamp  # the same options reuse the set
+    assert report["input"]["frames_per_video"] == 12
+    assert report["input"]["frame_size"] == [64, 48]
+    assert report["input"]["videos"] == 3
+    here = report["in_process"]
+    assert here["clips"] == 3
+    assert here["ms_per_clip"] == pytest.approx(here["decode_ms"] + here["augment_ms"], abs=2e-3)
+    assert here["clips_per_s"] == pytest.approx(1e3 / here["ms_per_clip"], rel=1e-3)
+    assert 0 < here["decode_share"] < 1
+    (loaded,) = report["loader"]
+    assert (loaded["workers"], loaded["batch"], loaded["batches"]) == (2, 2, 6)  # 3 per worker
+    assert loaded["clips_per_s_per_worker"] == pytest.approx(loaded["clips_per_s"] / 2, rel=1e-2)
+    assert 0 < loaded["first_batch_s"] <= loaded["seconds"]
+
+    other = run("-m", "benchmarks.pipeline", "--videos", "4", "--data", str(ucf_like), check=False)
+    assert other.returncode != 0 and "other options" in other.stderr
+
+
+def test_pipeline_reads_a_prepared_dataset(ucf_like: Path) -> None:
+    report = benchmark(
+        "pipeline",
+        *["--dataset-root", str(ucf_like), "--annotations", "annotations/ucf_like.json"],
+        *TINY_CLIP,
+        *["--workers", "0", "--clips", "2"],
+    )
+    assert report["input"]["kind"] == "dataset"
+    assert report["loader"] == []
+    missing = run("-m", "benchmarks.pipeline", "--dataset-root", str(ucf_like / "no"), check=False)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_train_step_report() -> None:
+    report = benchmark(
+        "train_step",
+        *["--width", "8", "--batch", "2", "--clip-len", "8", "--crop-size", "32"],
+        *["--steps", "2", "--warmup", "1", "--threads", "1", "--device", "cpu"],
+        *["--variants", "fp32", "bf16"],
+    )
+    assert report["model"] == {"width": 8, "clip_len": 8, "crop_size": 32}
+    fp32, bf16 = report["results"]
+    assert fp32["variant"] == "fp32" and fp32["steps"] == 2
+    assert fp32["clips_per_s"] == pytest.approx(2 * 2 / fp32["seconds"], rel=1e-2)
+    assert fp32["step_ms"] == pytest.approx(1e3 * fp32["seconds"] / 2, rel=1e-2)
+    assert fp32["speedup_vs_fp32"] == 1.0 and "speedup_vs_bf16_cl" not in fp32
+    assert math.isfinite(fp32["loss"]) and fp32["loss"] > 0
+    assert fp32["peak_memory_mib"] is None  # CPU
+    assert bf16 == {"variant": "bf16", "skipped": "CUDA only (autocast and layout apply there)"}
+
+
+def test_client_epoch_report(ucf_like: Path) -> None:
+    report = benchmark(
+        "client_epoch",
+        *TINY_INPUT,
+        *["--data", str(ucf_like), *TINY_CLIP, "--repeat", "2", "--workers", "0", "1"],
+        *["--batch", "4", "--width", "8", "--warmup-steps", "1", "--threads", "1"],
+        *["--device", "cpu"],
+    )
+    assert report["precision"] == "fp32"  # autocast and layout apply on CUDA only
+    assert report["iterations_per_epoch"] == 2  # 6 clips in batches of 4
+    for workers, result in zip([0, 1], report["results"], strict=True):
+        assert result["workers"] == workers
+        assert (result["clips"], result["iterations"], result["skipped_videos"]) == (6, 2, 0)
+        assert 0 <= result["data_time_share_after_first"] <= 1
+        assert 0 < result["data_time_share"] < 1
+        assert result["clips_per_s"] == pytest.approx(6 / result["seconds"], rel=1e-2)
+
+
+def test_trajectories_are_boxes_and_nothing_needs_pyav_or_flower() -> None:
+    code = """
+import json, sys
+sys.modules.update(av=None, flwr=None, hydra=None)  # importing any of them now fails
+import torch
+import benchmarks.client_epoch, benchmarks.pipeline
+from benchmarks.train_step import random_trajectories
+trajs = random_trajectories(64, 16, 40, torch.Generator().manual_seed(1))
+print(json.dumps(trajs.tolist()))
+"""
+    trajs = np.array(json.loads(run("-c", code).stdout))
+    assert trajs.shape == (64, 3, 16, 4)
+    np.testing.assert_array_equal(trajs, np.round(trajs))
+    x1, y1, x2, y2 = np.moveaxis(trajs, -1, 0)
+    assert (x1 >= 0).all() and (y1 >= 0).all()
+    assert (x1 < x2).all() and (y1 < y2).all()
+    assert (x2 <= 40).all() and (y2 <= 40).all()
+    assert (trajs[:, :, 1:] != trajs[:, :, :1]).any()  # the boxes move
+
+
+def test_gpu_suite_is_valid_bash() -> None:
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_suite.sh")], check=True)
