@@ -217,8 +217,8 @@ class CtP(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def _query_deltas(self, imgs: Tensor, query_boxes: Tensor) -> Tensor:
-        """Predict standardised deltas ``[B, N, T, 4]`` for query boxes ``[B, N, 4]``."""
+    def predict_deltas(self, imgs: Tensor, query_boxes: Tensor) -> Tensor:
+        """Predict the standardised deltas ``[B, N, T, 4]`` of query boxes ``[B, N, 4]``."""
         b, n = query_boxes.shape[:2]
         batch_idx = torch.arange(b, device=query_boxes.device, dtype=query_boxes.dtype)
         batch_idx = batch_idx.view(b, 1, 1).expand(b, n, 1)
@@ -261,7 +261,7 @@ class CtP(nn.Module):
                 f"gt_weights must be {tuple(gt_trajs.shape[:3])}, got {tuple(gt_weights.shape)}"
             )
         gt_trajs = gt_trajs.float()
-        deltas = self._query_deltas(imgs, gt_trajs[:, :, 0])  # [B, N, T, 4]
+        deltas = self.predict_deltas(imgs, gt_trajs[:, :, 0])  # [B, N, T, 4]
         targets = encode_targets(gt_trajs, self.head.target_means, self.head.target_stds)
         return trajectory_losses(deltas, targets, gt_weights)
 
@@ -281,7 +281,7 @@ class CtP(nn.Module):
             Decoded boxes ``[B, N, T, 4]``.
         """
         query_boxes = query_boxes.float()
-        deltas = self._query_deltas(imgs, query_boxes).float()
+        deltas = self.predict_deltas(imgs, query_boxes).float()
         return decode_predictions(
             deltas, query_boxes, self.head.target_means, self.head.target_stds
         )
