@@ -8,7 +8,7 @@
 # blocked on purpose (a stand-in module that refuses to import comes first on the path), so a
 # benchmark that needs it fails here as it would on a machine without it; BLOCK_MODULES (default
 # "av") names the modules to block, e.g. "av flwr hydra" to act like a machine without them. The
-# aggregation benchmark needs Flower; where Flower is missing that step is recorded as failed.
+# aggregation benchmark needs only numpy (fedvssl.aggregation has no Flower import).
 #
 # Steps, in order, each under its own timeout inside an overall budget (BUDGET_S seconds, default
 # 330): environment, train_step (fp32, bf16, bf16 + channels_last_3d inputs, and with the weights
