@@ -12,12 +12,7 @@ larger than any CPU cache, so memory traffic is the same as with all-distinct mo
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks import machine_info, write_report
 from CtP.ctp import build_ctp
 from fedvssl.aggregation import aggregate_fedvssl
 
@@ -76,42 +72,6 @@ def time_aggregation(
     }
 
 
-def machine_info() -> dict[str, Any]:
-    """Describe the machine the numbers come from."""
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        models = [
-            ln.split(":", 1)[1].strip()
-            for ln in cpuinfo.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        cpu = models[0] if models else cpu
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and write its JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -142,11 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "results": [time_aggregation(pool, previous, n, args.repeats) for n in args.clients],
     }
-    text = json.dumps(report, indent=2) + "\n"
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        write_atomically(args.output, text)
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":

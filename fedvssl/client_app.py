@@ -17,7 +17,6 @@ the GPU when Ray gives it one (``client_resources.num_gpus``).
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from CtP.ctp import CtP, build_ctp
 from CtP.datasets import CtPDataset, VideoFileSource, ZipFrameSource, load_annotations
 from CtP.train import build_optimizer, make_loader, train_one_epoch
 from CtP.transforms import CtPAugmentation
+from fedvssl.data.atomic import atomic_path
 from fedvssl.simulation import quiet_flower_logging
 
 logger = logging.getLogger(__name__)
@@ -106,11 +106,8 @@ def load_own_head(client_dir: Path, server_round: int) -> dict[str, torch.Tensor
 
 def save_own_head(client_dir: Path, server_round: int, state: dict[str, torch.Tensor]) -> None:
     """Store this round's head atomically; keep it and the one it started from, drop older ones."""
-    client_dir.mkdir(parents=True, exist_ok=True)
-    path = client_dir / f"head-round-{server_round}.pt"
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(client_dir / f"head-round-{server_round}.pt") as tmp:
+        torch.save(state, tmp)
     files = head_files(client_dir)
     for r in sorted(r for r in files if r < server_round)[:-1]:
         files[r].unlink(missing_ok=True)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+
+from fedvssl.data.atomic import atomic_path, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,7 @@ class History:
             "initial_evaluation": self.initial_evaluation,
             "rounds": [asdict(r) for r in self.rounds],
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.path)
+        write_bytes_atomic(json.dumps(data, indent=1).encode(), self.path)
 
     def summary(self) -> str:
         """Describe the whole run in a few lines."""
@@ -100,9 +99,8 @@ class History:
         if evaluated:
             _plot_evaluation(axes[2], self.initial_evaluation, evaluated)
         axes[-1].set_xlabel("round")
-        tmp = path.with_name(path.name + ".tmp.png")
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
 
 
 def _per_client(rounds: list[RoundRecord], key: str) -> dict[int, tuple[list[int], list[float]]]:
