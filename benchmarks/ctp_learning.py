@@ -23,15 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks import machine_info, write_report
+from benchmarks import machine_info, pick_device, write_report
 from CtP.ctp import CtP, build_ctp, encode_targets
 from CtP.datasets import CtPDataset, ZipFrameSource, load_annotations
-from CtP.train import build_optimizer, make_loader
+from CtP.train import autocast, build_optimizer, make_loader
 from CtP.transforms import CtPAugmentation
 
 
 def _step(model: CtP, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> float:
-    losses = model(batch["imgs"], batch["gt_trajs"])
+    imgs = batch["imgs"]
+    with autocast(imgs.device, bf16=True):  # bf16 on CUDA, as clients train there; fp32 on CPU
+        losses = model(imgs, batch["gt_trajs"])
     loss = losses["loss_ctr"] + losses["loss_size"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -55,9 +57,12 @@ def _windows(
     batches: Any,
     steps: int,
     window: int,
+    device: torch.device,
+    max_seconds: float,
 ) -> list[dict[str, float]]:
     rows, losses, started = [], [], time.perf_counter()
     for step, batch in enumerate(batches, start=1):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         losses.append(_step(model, optimizer, batch))
         if step % window == 0:
             predicted, target = _spreads(model, batch)
@@ -66,12 +71,14 @@ def _windows(
                 "predicted_std": predicted, "target_std": target,
                 "seconds": time.perf_counter() - started,
             })  # fmt: skip
-        if step == steps:
+        if step == steps or time.perf_counter() - started > max_seconds:
             break
     return rows
 
 
-def _pipeline_batches(root: Path, crop: int, clip_len: int, batch: int, seed: int) -> Any:
+def _pipeline_batches(
+    root: Path, crop: int, clip_len: int, batch: int, seed: int, workers: int
+) -> Any:
     annotations = load_annotations(root / "annotations" / "train_split_1.json")
     dataset = CtPDataset(
         annotations, ZipFrameSource(root), CtPAugmentation(crop_size=crop),
@@ -80,7 +87,7 @@ def _pipeline_batches(root: Path, crop: int, clip_len: int, batch: int, seed: in
     epoch = 0
     while True:
         dataset.set_epoch(epoch)
-        for item in make_loader(dataset, batch_size=batch, seed=epoch):
+        for item in make_loader(dataset, batch_size=batch, seed=epoch, workers=workers):
             item.pop("skipped")
             yield item
         epoch += 1
@@ -118,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-steps", type=int, default=1500, help="0 skips the control")
     parser.add_argument("--control-size", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
+    parser.add_argument("--max-seconds", type=float, default=float("inf"), help="per run")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
+    device = pick_device(args.device)
 
     report: dict[str, Any] = {
         "benchmark": "ctp_learning", "machine": machine_info(),
@@ -128,18 +139,25 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     for lr in args.lrs:
         torch.manual_seed(args.seed)
-        model = build_ctp(width=args.width, clip_len=args.clip_len)
+        model = build_ctp(width=args.width, clip_len=args.clip_len).to(device)
         batches = _pipeline_batches(
-            args.dataset_root, args.crop_size, args.clip_len, args.batch, args.seed
+            args.dataset_root, args.crop_size, args.clip_len, args.batch, args.seed, args.workers
         )
-        rows = _windows(model, build_optimizer(model, lr=lr), batches, args.steps, args.window)
+        optimizer = build_optimizer(model, lr=lr)
+        rows = _windows(
+            model, optimizer, batches, args.steps, args.window, device, args.max_seconds
+        )
         report["runs"].append({"data": "ctp", "lr": lr, "windows": rows})
-        write_report(report, args.output)
+        if args.output is not None:  # keep what is done if a later run is cut short
+            write_report(report, args.output)
     if args.control_steps:
         torch.manual_seed(args.seed)
-        model = build_ctp(width=args.width, clip_len=8)
+        model = build_ctp(width=args.width, clip_len=8).to(device)
         batches = _square_batches(args.control_size, 8, args.batch, args.seed)
-        rows = _windows(model, build_optimizer(model), batches, args.control_steps, args.window)
+        rows = _windows(
+            model, build_optimizer(model), batches, args.control_steps, args.window, device,
+            args.max_seconds,
+        )  # fmt: skip
         report["runs"].append({"data": f"squares {args.control_size}px, 8 frames", "lr": 0.01,
                                "windows": rows})  # fmt: skip
     write_report(report, args.output)
