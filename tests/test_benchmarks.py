@@ -170,3 +170,24 @@ print(json.dumps(trajs.tolist()))
 
 def test_gpu_suite_is_valid_bash() -> None:
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_suite.sh")], check=True)
+
+
+def test_ctp_learning_report(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "learning.json"
+    run(
+        "-m", "benchmarks.ctp_learning", "--dataset-root", str(synthetic_data_dir / "synthetic"),
+        "--width", "16", *TINY_CLIP, "--batch", "2", "--steps", "4", "--window", "2",
+        "--lrs", "0.01", "0.1", "--control-steps", "2", "--control-size", "32", "--device", "cpu",
+        "--output", str(output),
+    )  # fmt: skip
+    report = json.loads(output.read_text())
+    assert report["benchmark"] == "ctp_learning"
+    runs = report["runs"]
+    assert [(r["data"], r["lr"]) for r in runs[:2]] == [("ctp", 0.01), ("ctp", 0.1)]
+    assert runs[2]["data"].startswith("squares")
+    for entry in runs:
+        steps = [w["step"] for w in entry["windows"]]
+        assert steps == ([2, 4] if entry["data"] == "ctp" else [2])
+        for window in entry["windows"]:
+            assert math.isfinite(window["loss"]) and window["loss"] > 0
+            assert window["predicted_std"] >= 0 and window["target_std"] > 0
