@@ -166,6 +166,23 @@ class VideoFileSource:
         return np.stack([decoded[i] for i in choose(len(decoded))])
 
 
+def open_frame_source(
+    kind: str, root: str | Path, *, zip_template: str, video_template: str
+) -> FrameSource:
+    """Open a dataset's frames: ``"zip"`` (CtP zips of JPEGs) or ``"video"`` (files, PyAV).
+
+    Raises
+    ------
+    ValueError
+        For any other ``kind``.
+    """
+    if kind == "zip":
+        return ZipFrameSource(root, zip_template)
+    if kind == "video":
+        return VideoFileSource(root, video_template)
+    raise ValueError(f"dataset.frames must be 'zip' or 'video', got {kind!r}")
+
+
 class _SkippingDataset(Dataset[dict[str, torch.Tensor]]):
     """Shared machinery: per-sample seeding; skipping unreadable videos, one warning each."""
 

@@ -29,7 +29,7 @@ from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from CtP.ctp import CtP, build_ctp
-from CtP.datasets import CtPDataset, VideoFileSource, ZipFrameSource, load_annotations
+from CtP.datasets import CtPDataset, load_annotations, open_frame_source
 from CtP.train import build_optimizer, make_loader, train_one_epoch
 from CtP.transforms import CtPAugmentation
 from fedvssl.data.atomic import atomic_path
@@ -124,12 +124,10 @@ def start_state(
 
 def build_dataset(settings: ClientSettings, partition_id: int) -> CtPDataset:
     """Build the client's CtP dataset over its partition."""
-    root = settings.dataset_root
-    source = (
-        ZipFrameSource(root, settings.zip_template)
-        if settings.frames == "zip"
-        else VideoFileSource(root, settings.video_template)
-    )
+    source = open_frame_source(
+        settings.frames, settings.dataset_root,
+        zip_template=settings.zip_template, video_template=settings.video_template,
+    )  # fmt: skip
     augmentation = CtPAugmentation(crop_size=settings.crop_size)  # patches scale with the crop
     return CtPDataset(
         load_annotations(settings.partition_file(partition_id)),

@@ -36,10 +36,9 @@ from CtP.datasets import (
     ClipDataset,
     FrameSource,
     MultiClipDataset,
-    VideoFileSource,
     VideoReadError,
-    ZipFrameSource,
     load_annotations,
+    open_frame_source,
 )
 from CtP.retrieval import (
     RetrievalModel,
@@ -72,9 +71,10 @@ class DownstreamError(ValueError):
 
 def frame_source(dataset: Config) -> FrameSource:
     """Where the dataset's frames come from: CtP zips of JPEGs, or the video files."""
-    if dataset["frames"] == "zip":
-        return ZipFrameSource(dataset["root"], dataset["zip_template"])
-    return VideoFileSource(dataset["root"], dataset["video_template"])
+    return open_frame_source(
+        dataset["frames"], dataset["root"],
+        zip_template=dataset["zip_template"], video_template=dataset["video_template"],
+    )  # fmt: skip
 
 
 def load_splits(dataset: Config, data_dir: str) -> tuple[list[Annotation], list[Annotation]]:

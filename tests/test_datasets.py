@@ -18,6 +18,7 @@ from CtP.datasets import (
     VideoReadError,
     ZipFrameSource,
     load_annotations,
+    open_frame_source,
 )
 from CtP.train import make_loader
 from CtP.transforms import CtPAugmentation, EvalTransform, FinetuneAugmentation
@@ -144,3 +145,11 @@ def test_bad_annotation_files_raise_one_clear_error(tmp_path: Path, content: str
         path.write_text(content)
     with pytest.raises(ValueError, match=r"ann\.json"):
         load_annotations(path)
+
+
+def test_open_frame_source_picks_the_backend_and_refuses_others(tiny_video_root: Path) -> None:
+    kwargs = {"zip_template": "zips/{name}.zip", "video_template": "UCF101_raw/{video}.avi"}
+    assert isinstance(open_frame_source("zip", tiny_video_root, **kwargs), ZipFrameSource)
+    assert isinstance(open_frame_source("video", tiny_video_root, **kwargs), VideoFileSource)
+    with pytest.raises(ValueError, match="'zip' or 'video'"):
+        open_frame_source("jpeg", tiny_video_root, **kwargs)
