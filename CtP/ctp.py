@@ -5,11 +5,21 @@ with each trajectory's frame-0 box and predicts one box delta per frame. Targets
 centre offset from the query box in raw pixels and the log size ratio, standardised by
 ``target_means``/``target_stds``; the loss is a weighted smooth-L1 split into a centre part
 (``loss_ctr``) and a size part (``loss_size``).
+
+Every forward pass also reports ``trivial_loss``: the same loss for the prediction "nothing moves"
+(all-zero standardised deltas) on the same batch. A model that has learned nothing sits at a ratio
+``loss / trivial_loss`` of 1; the ratio is what tells whether the pretext task is being learned.
+
+The head can start from the reference's initialisation (``fc1`` and ``pred_head`` drawn from
+N(0, 0.001)) or, with ``head_init="live"``, keep PyTorch's default initialisation for ``fc1``
+(uniform, scaled by its fan-in), whose ReLU units stay alive long enough for the backbone to
+receive a useful gradient (docs/differences.md has the measurement).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +30,8 @@ from CtP.backbone import R3D, r3d_18
 
 TARGET_MEANS = (0.0, 0.0, 0.0, 0.0)
 TARGET_STDS = (0.8, 0.8, 0.04, 0.04)  # (dx, dy, dlogw, dlogh)
+HEAD_INITS = ("reference", "live")
+HeadInit = Literal["reference", "live"]
 
 
 def _stats(values: Sequence[float], like: Tensor) -> Tensor:
@@ -105,6 +117,27 @@ def trajectory_losses(deltas: Tensor, targets: Tensor, weights: Tensor) -> dict[
     return {"loss_ctr": diff[..., 0:2].sum() / count, "loss_size": diff[..., 2:4].sum() / count}
 
 
+def trivial_loss(targets: Tensor, weights: Tensor) -> Tensor:
+    """Return the loss of predicting "nothing moves" (all-zero deltas), without gradient.
+
+    Parameters
+    ----------
+    targets : Tensor
+        ``[B, N, T, 4]`` standardised (dx, dy, dlogw, dlogh).
+    weights : Tensor
+        ``[B, N, T]`` per trajectory-frame weights.
+
+    Returns
+    -------
+    Tensor
+        A scalar: ``loss_ctr + loss_size`` of a zero prediction, in the same units as the
+        training loss.
+    """
+    with torch.no_grad():
+        terms = trajectory_losses(torch.zeros_like(targets), targets, weights)
+        return terms["loss_ctr"] + terms["loss_size"]
+
+
 class CtPHead(nn.Module):
     """Trajectory head: temporal collapse, RoIAlign on the query boxes, then a two-layer MLP.
 
@@ -124,6 +157,10 @@ class CtPHead(nn.Module):
         Frames predicted per query (the clip length).
     target_means, target_stds : sequence of four floats
         Standardisation of the targets; plain attributes, not part of the state dict.
+    init : {"reference", "live"}
+        ``"reference"``: ``fc1`` and ``pred_head`` weights from N(0, 0.001), as the original;
+        ``"live"``: ``fc1`` keeps PyTorch's default (uniform, bound ``1 / sqrt(fan_in)``),
+        ``pred_head`` is the reference's. Biases start at zero either way.
     """
 
     def __init__(
@@ -137,8 +174,11 @@ class CtPHead(nn.Module):
         num_pred_frames: int = 16,
         target_means: Sequence[float] = TARGET_MEANS,
         target_stds: Sequence[float] = TARGET_STDS,
+        init: HeadInit = "reference",
     ) -> None:
         super().__init__()
+        if init not in HEAD_INITS:
+            raise ValueError(f"head init must be one of {', '.join(HEAD_INITS)}, got {init!r}")
         if len(target_means) != 4 or len(target_stds) != 4 or min(target_stds) <= 0:
             raise ValueError(
                 f"target_means/target_stds need four values (stds > 0), "
@@ -156,16 +196,16 @@ class CtPHead(nn.Module):
         self.fc1 = nn.Linear(hidden_channels * roi_feat_size**2, hidden_channels)
         self.pred_head = nn.Linear(hidden_channels, num_pred_frames * 4)
         self.relu = nn.ReLU(inplace=True)
-        self._init_weights()
+        self._init_weights(init)
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, mean=0.0, std=0.001)
-            if isinstance(m, nn.Conv3d | nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+    def _init_weights(self, init: HeadInit) -> None:
+        nn.init.kaiming_normal_(self.temporal_conv.weight, mode="fan_out", nonlinearity="relu")
+        # "live" keeps nn.Linear's own init of fc1, drawn when it was built
+        fc_layers = (self.fc1, self.pred_head) if init == "reference" else (self.pred_head,)
+        for fc in fc_layers:
+            nn.init.normal_(fc.weight, mean=0.0, std=0.001)
+        for bias in (self.temporal_conv.bias, self.fc1.bias, self.pred_head.bias):
+            nn.init.zeros_(cast(Tensor, bias))
 
     def forward(self, feats: Tensor, rois: Tensor) -> Tensor:
         """Predict one standardised box delta per frame for every query RoI.
@@ -243,7 +283,8 @@ class CtP(nn.Module):
         Returns
         -------
         dict[str, Tensor]
-            ``loss_ctr`` and ``loss_size`` (scalars); the training loss is their sum.
+            ``loss_ctr`` and ``loss_size`` (scalars; the training loss is their sum) and
+            ``trivial_loss``, the loss of an all-zero prediction on the same batch (no gradient).
         """
         b, _, t = imgs.shape[:3]
         if gt_trajs.dim() != 4 or gt_trajs.shape[0] != b or gt_trajs.shape[2:] != (t, 4):
@@ -263,7 +304,8 @@ class CtP(nn.Module):
         gt_trajs = gt_trajs.float()
         deltas = self.predict_deltas(imgs, gt_trajs[:, :, 0])  # [B, N, T, 4]
         targets = encode_targets(gt_trajs, self.head.target_means, self.head.target_stds)
-        return trajectory_losses(deltas, targets, gt_weights)
+        losses = trajectory_losses(deltas, targets, gt_weights)
+        return losses | {"trivial_loss": trivial_loss(targets, gt_weights)}
 
     def predict(self, imgs: Tensor, query_boxes: Tensor) -> Tensor:
         """Predict the trajectories of query boxes through the clip.
@@ -288,7 +330,11 @@ class CtP(nn.Module):
 
 
 def build_ctp(
-    *, width: int = 64, clip_len: int = 16, target_stds: Sequence[float] = TARGET_STDS
+    *,
+    width: int = 64,
+    clip_len: int = 16,
+    target_stds: Sequence[float] = TARGET_STDS,
+    head_init: HeadInit = "reference",
 ) -> CtP:
     """Build the CtP pretext model on an R3D-18 with the pre-training strides.
 
@@ -300,6 +346,8 @@ def build_ctp(
         Frames per clip; a positive multiple of 8.
     target_stds : sequence of four floats
         Standardisation of (dx, dy, dlogw, dlogh).
+    head_init : {"reference", "live"}
+        Initialisation of the head's fully connected layers (see :class:`CtPHead`).
 
     Returns
     -------
@@ -315,5 +363,6 @@ def build_ctp(
         hidden_channels=backbone.out_channels,
         num_pred_frames=clip_len,
         target_stds=target_stds,
+        init=head_init,
     )
     return CtP(backbone, head)

@@ -8,6 +8,12 @@ visibility flags say on which frames a patch was actually pasted.
 
 The reference numbers are for a 112-pixel crop; :meth:`PatchMaskParams.for_crop` scales the
 spatial ones (anchor scales, location velocity) for other crop sizes.
+
+``highlight`` is not in the reference: it blends the patch content toward white (0 keeps the
+reference's piece of the clip, 1 pastes plain white shapes). A piece of the clip looks like the
+clip around it, and a randomly initialised backbone needs far more steps to learn to follow it
+than a small CPU run has; a highlighted patch can be found from its colour alone, so the
+pretext is learned within a few hundred steps (docs/differences.md has the measurements).
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ class PatchMaskParams:
         Probability of soft mask edges, and the range of the turning point where they start.
     opacity_range
         Range of the opacity drawn at each opacity key frame.
+    highlight
+        Blend of the patch content toward white, in ``[0, 1]`` (not in the reference: 0).
     """
 
     num_rois: int = 3  # §3.3
@@ -67,6 +75,7 @@ class PatchMaskParams:
     soft_edge_prob: float = 0.5  # §3.3.6
     soft_edge_range: tuple[float, float] = (0.30, 0.45)  # §3.3.6
     opacity_range: tuple[float, float] = (0.8, 1.0)  # §3.3.6
+    highlight: float = 0.0  # project option; 0 is the reference's plain piece of the clip
 
     def __post_init__(self) -> None:
         if self.num_rois < 1:
@@ -77,8 +86,9 @@ class PatchMaskParams:
             probs = np.asarray(getattr(self, name), dtype=np.float64)
             if probs.size == 0 or np.any(probs < 0) or not np.isclose(probs.sum(), 1.0):
                 raise ValueError(f"{name} must be probabilities summing to 1, got {probs}")
-        if not 0.0 <= self.label_prob <= 1.0 or not 0.0 <= self.soft_edge_prob <= 1.0:
-            raise ValueError("label_prob and soft_edge_prob must lie in [0, 1]")
+        for name in ("label_prob", "soft_edge_prob", "highlight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.min_size < 1:
             raise ValueError(f"min_size must be at least 1 pixel, got {self.min_size}")
 
@@ -214,7 +224,7 @@ class PatchMask:
         p = self.params
         source = int(rng.integers(len(frames)))
         x1, y1, x2, y2 = box[source]
-        crop = frames[source, y1:y2, x1:x2]  # [h_s, w_s, 3]
+        crop = _highlighted(frames[source, y1:y2, x1:x2], p.highlight)  # [h_s, w_s, 3]
         base_alpha = _base_alpha(int(x2 - x1), int(y2 - y1), p, rng)
         keys = sample_key_frames(len(frames), p.key_frame_probs, rng)
         key_opacity = rng.uniform(*p.opacity_range, size=len(keys))
@@ -236,6 +246,14 @@ def _check_frames(frames: np.ndarray, min_size: float) -> None:
             f"frames of {frames.shape[2]}x{frames.shape[1]} are too small for patches of at "
             f"least {min_size} pixels; use larger frames or a smaller min_size"
         )
+
+
+def _highlighted(crop: np.ndarray, highlight: float) -> np.ndarray:
+    """Blend a uint8 patch toward white: ``crop * (1 - highlight) + 255 * highlight``."""
+    if highlight == 0.0:
+        return crop
+    blended = crop.astype(np.float32) * np.float32(1.0 - highlight) + np.float32(255.0 * highlight)
+    return np.round(blended).astype(np.uint8)
 
 
 def _integer_boxes(trajs: np.ndarray, width: int, height: int) -> np.ndarray:

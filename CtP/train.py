@@ -2,11 +2,14 @@
 
 ``train_one_epoch`` follows the original CtP runtime (reference §4.1): SGD (lr 0.01, momentum 0.9,
 weight decay 1e-4 on every parameter), gradient clipping at L2 norm 40, the total loss being the
-sum of every entry whose name contains ``loss``. On CUDA it can run under bf16 autocast with the
-``channels_last_3d`` memory format. It writes a JSON-lines log shaped like the original's
-``*.log.json`` (mode, epoch, iter, lr, time, data_time, loss and each loss term, one line every
-``log_interval`` iterations and one for the trailing partial interval) and returns the epoch's mean
-training loss, which the federated client reports to the server.
+sum of every entry whose name starts with ``loss`` (the original summed every name containing
+``loss``; here other entries, such as CtP's ``trivial_loss``, are measurements that are logged but
+not trained on). It can feed clips in the ``channels_last_3d`` memory format (faster on the CPU
+and on CUDA) and, on CUDA, run under bf16 autocast. It writes a JSON-lines log shaped like the
+original's ``*.log.json`` (mode, epoch, iter, lr, time, data_time, loss and each loss term and
+measurement, one line every ``log_interval`` iterations and one for the trailing partial
+interval) and returns the epoch's mean training loss and the mean of every other entry, which
+the federated client reports to the server.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ class EpochResult:
     """What one training epoch did."""
 
     loss: float  # mean total loss over the epoch's iterations
-    terms: dict[str, float] = field(default_factory=dict)  # mean of each loss term
+    terms: dict[str, float] = field(default_factory=dict)  # mean of each loss term and measurement
     iterations: int = 0
     samples: int = 0
     skipped: int = 0  # unreadable videos replaced by others
@@ -158,7 +161,8 @@ def train_one_epoch(
     ----------
     model
         A module whose ``model(**batch)`` returns a dict of losses (e.g. :class:`CtP.ctp.CtP`), or
-        any module when ``loss_fn`` is given.
+        any module when ``loss_fn`` is given. Entries whose name starts with ``loss`` are summed
+        into the training loss; the others (e.g. ``trivial_loss``) are only averaged and logged.
     loader
         Batches as dicts of tensors; a ``skipped`` entry (unreadable videos) is counted, not fed.
     optimizer
@@ -170,7 +174,7 @@ def train_one_epoch(
     grad_clip
         Max L2 norm of all gradients (reference: 40); None disables clipping.
     bf16, channels_last
-        bf16 autocast and the channels_last_3d layout; used on CUDA only.
+        bf16 autocast (on CUDA only) and the channels_last_3d layout of the clips (any device).
     log_path
         The JSON-lines log to append to; None writes no file.
     log_interval
@@ -185,8 +189,6 @@ def train_one_epoch(
     EpochResult
         The mean training loss and its terms, iterations, samples, skipped videos and seconds.
     """
-    on_cuda = device.type == "cuda"
-    use_channels_last = channels_last and on_cuda
     compute = loss_fn or (lambda batch: model(**batch))
     model.train()
     lr = float(optimizer.param_groups[0]["lr"])
@@ -198,10 +200,10 @@ def train_one_epoch(
     for iteration, (batch, data_time) in enumerate(_timed(loader), start=1):
         step_start = time.perf_counter()
         result.skipped += int(batch.pop("skipped").sum()) if "skipped" in batch else 0
-        inputs = _to_device(batch, device, use_channels_last)
+        inputs = _to_device(batch, device, channels_last)
         with autocast(device, bf16):
             losses = compute(inputs)
-        loss = sum(v for k, v in losses.items() if "loss" in k)
+        loss = sum(v for k, v in losses.items() if k.startswith("loss"))
         assert isinstance(loss, Tensor)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -256,12 +258,11 @@ def predict_videos(
         Per-video mean outputs ``[N, D]`` (float32, CPU), 0-based labels ``[N]`` and the validity
         mask ``[N]``, in dataset order.
     """
-    use_channels_last = channels_last and device.type == "cuda"
     outputs, labels, valid = [], [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         imgs = batch["imgs"]  # [B, K, 3, T, S, S]
         b, k = imgs.shape[:2]
-        clips = _to_device({"imgs": imgs.flatten(0, 1)}, device, use_channels_last)["imgs"]
+        clips = _to_device({"imgs": imgs.flatten(0, 1)}, device, channels_last)["imgs"]
         with autocast(device, bf16):
             out = model(clips)  # [B*K, D]
         outputs.append(out.float().reshape(b, k, -1).mean(dim=1).cpu())

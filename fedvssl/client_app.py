@@ -7,7 +7,8 @@ Each round a sampled client (reference §6.1, minus its bugs):
    ``<results>/client{N}/head-round-{r}.pt``, so it survives a restart;
 2. trains ``local_epochs`` of CtP on its partition ``client_dist{N}.json`` with a fresh SGD
    optimiser, writing ``<results>/client{N}/<timestamp>.log.json``;
-3. replies with all arrays, ``num-examples``, its mean training loss (computed in-process) and
+3. replies with all arrays, ``num-examples``, its mean training loss (computed in-process), the
+   mean loss of the trivial prediction "nothing moves" on the same batches (``trivial-loss``) and
    its ``partition-id``.
 
 The model is built once per worker process and reused across rounds and clients. A client uses
@@ -17,9 +18,10 @@ the GPU when Ray gives it one (``client_resources.num_gpus``).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,10 +30,10 @@ import torch
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from CtP.ctp import CtP, build_ctp
+from CtP.ctp import CtP
 from CtP.datasets import CtPDataset, load_annotations, open_frame_source
+from CtP.recipe import CtPRecipe
 from CtP.train import build_optimizer, make_loader, train_one_epoch
-from CtP.transforms import CtPAugmentation
 from fedvssl.data.atomic import atomic_path
 from fedvssl.simulation import quiet_flower_logging
 
@@ -66,6 +68,7 @@ class ClientSettings:
     log_interval: int
     progress: bool
     num_threads: int  # torch threads of a CPU client (its Ray num_cpus)
+    recipe: CtPRecipe = field(default_factory=CtPRecipe)  # the pretext task (conf/ctp/)
 
     def client_dir(self, partition_id: int) -> Path:
         """``client{N}``, N = partition id + 1, as the original numbers clients."""
@@ -81,10 +84,14 @@ _MODELS: dict[tuple[int, int, str], CtP] = {}
 
 
 def cached_model(width: int, clip_len: int, device: torch.device) -> CtP:
-    """Return the CtP model of this worker process, built on first use."""
+    """Return the CtP model of this worker process, built on first use.
+
+    Its initial weights never matter: every round loads the global arrays (and the client's
+    own head) into it.
+    """
     key = (width, clip_len, str(device))
     if key not in _MODELS:
-        _MODELS[key] = build_ctp(width=width, clip_len=clip_len).to(device)
+        _MODELS[key] = CtPRecipe().build_model(width=width, clip_len=clip_len).to(device)
     return _MODELS[key]
 
 
@@ -128,7 +135,7 @@ def build_dataset(settings: ClientSettings, partition_id: int) -> CtPDataset:
         settings.frames, settings.dataset_root,
         zip_template=settings.zip_template, video_template=settings.video_template,
     )  # fmt: skip
-    augmentation = CtPAugmentation(crop_size=settings.crop_size)  # patches scale with the crop
+    augmentation = settings.recipe.augmentation(settings.crop_size)  # patches scale with the crop
     return CtPDataset(
         load_annotations(settings.partition_file(partition_id)),
         source,
@@ -160,7 +167,7 @@ def train_locally(
         model, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
     log_path = client_dir / f"{time.strftime('%Y%m%d_%H%M%S')}.log.json"
-    losses, skipped, seconds = [], 0, 0.0
+    losses, trivial, skipped, seconds = [], [], 0, 0.0
     for epoch in range(settings.local_epochs):
         dataset.set_epoch((server_round - 1) * settings.local_epochs + epoch)
         loader = make_loader(
@@ -177,6 +184,7 @@ def train_locally(
             log_interval=settings.log_interval, progress=settings.progress,
         )  # fmt: skip
         losses.append(result.loss)
+        trivial.append(result.terms.get("trivial_loss", math.nan))
         skipped += result.skipped
         seconds += result.seconds
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -186,6 +194,7 @@ def train_locally(
     metrics: dict[str, int | float | list[int] | list[float]] = {
         "num-examples": len(dataset),
         "train-loss": float(np.mean(losses)),
+        "trivial-loss": float(np.mean(trivial)),
         "partition-id": partition_id,
         "skipped-videos": skipped,
         "train-seconds": seconds,

@@ -1,7 +1,9 @@
 """The run's history: one record per round in ``metrics.json``, a summary and a plot.
 
-A round record holds each client's loss, examples and aggregation weight, the failures, the
-round's wall time and any server-side evaluation. The file is rewritten atomically after every
+A round record holds each client's loss, the loss of the trivial prediction on the same batches,
+examples and aggregation weight, the failures, the round's wall time and any server-side
+evaluation. The ratio of the two losses is what shows learning: 1 means the model predicts no
+better than "nothing moves". The file is rewritten atomically after every
 round, so a killed run keeps every complete round, and a resumed run drops what came after the
 round it resumes from.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +33,18 @@ class RoundRecord:
     train_loss: float | None  # example-weighted mean of the clients' losses; None if none replied
     clients: list[dict[str, float | int]] = field(
         default_factory=list
-    )  # id, loss, examples, weight
+    )  # id, loss, trivial_loss, examples, weight
     failures: list[str] = field(default_factory=list)
     aggregated: bool = True  # False: too few clients replied, the global model stayed
     evaluation: dict[str, float] = field(default_factory=dict)
+    trivial_loss: float | None = None  # the same mean for the prediction "nothing moves"
+
+    @property
+    def ratio(self) -> float | None:
+        """The mean loss over the mean trivial loss (1: nothing learned); None when unknown."""
+        if self.train_loss is None or not self.trivial_loss:
+            return None
+        return self.train_loss / self.trivial_loss
 
 
 class History:
@@ -78,6 +89,8 @@ class History:
         first, last = done[0], done[-1]
         seconds = sum(r.seconds for r in self.rounds)
         trend = f"{first.train_loss:.4f} (round {first.round}) -> {last.train_loss:.4f}"
+        if first.ratio is not None and last.ratio is not None:
+            trend += f"; of trivial {first.ratio:.2f} -> {last.ratio:.2f}"
         lines = [f"{len(self.rounds)} rounds in {seconds:.1f} s; mean client loss {trend}"]
         failures = sum(len(r.failures) for r in self.rounds)
         if failures:
@@ -91,13 +104,14 @@ class History:
     def plot(self, path: Path) -> None:
         """Losses, aggregation weights (and evaluation) per round, as a PNG."""
         evaluated = [r for r in self.rounds if r.evaluation]
-        panels = 3 if evaluated else 2
-        fig = Figure(figsize=(6.5, 2.6 * panels), layout="constrained")
+        panels = 4 if evaluated else 3
+        fig = Figure(figsize=(6.5, 2.4 * panels), layout="constrained")
         axes = fig.subplots(panels, 1, sharex=True)
         _plot_losses(axes[0], self.rounds)
-        _plot_weights(axes[1], self.rounds)
+        _plot_ratios(axes[1], self.rounds)
+        _plot_weights(axes[2], self.rounds)
         if evaluated:
-            _plot_evaluation(axes[2], self.initial_evaluation, evaluated)
+            _plot_evaluation(axes[3], self.initial_evaluation, evaluated)
         axes[-1].set_xlabel("round")
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
@@ -120,6 +134,24 @@ def _plot_losses(ax: Any, rounds: list[RoundRecord]) -> None:
     ax.plot([r.round for r in done], [r.train_loss for r in done], "k-", lw=2, label="mean")
     ax.set_ylabel("CtP training loss")
     ax.legend(fontsize="x-small", ncols=3)
+
+
+def _plot_ratios(ax: Any, rounds: list[RoundRecord]) -> None:
+    series: dict[int, tuple[list[int], list[float]]] = {}
+    for record in rounds:
+        for client in record.clients:
+            trivial = float(client.get("trivial_loss", math.nan))
+            if math.isfinite(trivial) and trivial > 0:
+                xs, ys = series.setdefault(int(client["id"]), ([], []))
+                xs.append(record.round)
+                ys.append(float(client["loss"]) / trivial)
+    for xs, ys in dict(sorted(series.items())).values():
+        ax.plot(xs, ys, lw=0.8, alpha=0.6)
+    done = [r for r in rounds if r.ratio is not None]
+    ax.plot([r.round for r in done], [r.ratio for r in done], "k-", lw=2, label="mean")
+    ax.axhline(1.0, color="grey", ls="--", lw=0.8, label='trivial: "nothing moves"')
+    ax.set_ylabel("loss / trivial loss")
+    ax.legend(fontsize="x-small")
 
 
 def _plot_weights(ax: Any, rounds: list[RoundRecord]) -> None:

@@ -20,6 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from CtP.recipe import recipe_from_mapping
 from fedvssl.checkpoints import CheckpointError
 from fedvssl.client_app import ClientSettings, make_client_app
 from fedvssl.data.errors import DataError
@@ -67,6 +68,7 @@ def server_settings(cfg: dict[str, Any], run_dir: str) -> ServerSettings:
         seed=int(cfg["seed"]),
         width=int(cfg["model"]["width"]),
         clip_len=int(cfg["clip_len"]),
+        head_init=recipe_from_mapping(cfg["ctp"]).head_init,
         resume=bool(cfg["resume"]),
         evaluate_every=int(cfg["evaluate_every"]),
         round_timeout=float(cfg["round_timeout"]),
@@ -100,6 +102,7 @@ def client_settings(cfg: dict[str, Any], run_dir: str) -> ClientSettings:
         log_interval=int(cfg["log_interval"]),
         progress=bool(cfg["progress"]),
         num_threads=max(1, int(cfg["client_resources"]["num_cpus"])),
+        recipe=recipe_from_mapping(cfg["ctp"]),
     )
 
 

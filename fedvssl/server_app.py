@@ -4,8 +4,9 @@ Every round: the strategy samples clients (reproducibly, by partition), sends th
 aggregates the replies (FedVSSL: alpha/beta mix; see :mod:`fedvssl.strategy`), then the server
 
 - writes the global model to ``fedvssl_results/round-{r}-weights.array.npz`` (atomically);
-- appends the round (each client's loss, examples and weight, failures, wall time) to
-  ``metrics.json`` and logs one line;
+- appends the round (each client's loss, the loss of the trivial prediction "nothing moves" on
+  the same batches, examples and weight, failures, wall time) to ``metrics.json`` and logs one
+  line, with the loss as a fraction of the trivial loss (1 means nothing has been learned);
 - every ``evaluate_every`` rounds, evaluates the global model with the hook it was given
   (retrieval R@1 of the backbone; also before round 1).
 
@@ -16,6 +17,7 @@ same result as an uninterrupted run.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from CtP.ctp import build_ctp
+from CtP.ctp import HeadInit, build_ctp
 from fedvssl.checkpoints import (
     latest_round_checkpoint,
     load_global_checkpoint,
@@ -58,6 +60,7 @@ class ServerSettings:
     seed: int
     width: int
     clip_len: int
+    head_init: HeadInit  # the CtP head's initialisation (conf/ctp/)
     resume: bool
     evaluate_every: int
     round_timeout: float
@@ -69,10 +72,12 @@ class ServerSettings:
         return Path(self.run_dir) / "fedvssl_results"
 
 
-def initial_state(width: int, clip_len: int, seed: int) -> dict[str, np.ndarray]:
+def initial_state(
+    width: int, clip_len: int, seed: int, head_init: HeadInit = "reference"
+) -> dict[str, np.ndarray]:
     """Build the seeded random CtP model every run starts from (reference §5.3.9: seed 7)."""
     torch.manual_seed(seed)
-    model = build_ctp(width=width, clip_len=clip_len)
+    model = build_ctp(width=width, clip_len=clip_len, head_init=head_init)
     return {k: v.numpy() for k, v in model.state_dict().items()}
 
 
@@ -124,7 +129,7 @@ def start_point(
             logger.warning(
                 "resume=true but %s holds no complete round: starting at round 1", results
             )
-        state = initial_state(settings.width, settings.clip_len, settings.seed)
+        state = initial_state(settings.width, settings.clip_len, settings.seed, settings.head_init)
         return 1, state, History(metrics_path, history_config)
     last_round, path = latest
     logger.info("resuming after round %d from %s", last_round, path)
@@ -140,21 +145,30 @@ def round_record(
     if report is None:
         return RoundRecord(round=server_round, seconds=seconds, train_loss=None, aggregated=False)
     clients = [
-        {"id": cid + 1, "loss": loss, "examples": n, "weight": w}
-        for cid, loss, n, w in zip(
+        {"id": cid + 1, "loss": loss, "trivial_loss": trivial, "examples": n, "weight": w}
+        for cid, loss, trivial, n, w in zip(
             report.client_ids,
             report.client_losses,
+            report.client_trivial_losses,
             report.client_examples,
             report.client_weights,
             strict=True,
         )
     ]
-    total = sum(report.client_examples)
-    loss = sum(c["loss"] * c["examples"] for c in clients) / total if total else None
     return RoundRecord(
-        round=server_round, seconds=seconds, train_loss=loss, clients=clients,
+        round=server_round, seconds=seconds, train_loss=weighted_mean(clients, "loss"),
+        trivial_loss=weighted_mean(clients, "trivial_loss"), clients=clients,
         failures=list(report.failures), aggregated=aggregated,
     )  # fmt: skip
+
+
+def weighted_mean(clients: list[dict[str, float | int]], key: str) -> float | None:
+    """Example-weighted mean of ``key`` over the clients (None: no client, or a value missing)."""
+    total = sum(c["examples"] for c in clients)
+    values = [float(c[key]) for c in clients]
+    if not total or not all(math.isfinite(v) for v in values):
+        return None
+    return sum(v * c["examples"] for v, c in zip(values, clients, strict=True)) / total
 
 
 def round_line(record: RoundRecord, rounds: int) -> str:
@@ -162,8 +176,9 @@ def round_line(record: RoundRecord, rounds: int) -> str:
     if record.train_loss is None:
         return f"round {record.round}/{rounds}: no client replied ({len(record.failures)} failed)"
     weights = " ".join(f"{c['weight']:.2f}" for c in record.clients)
+    ratio = f" ({record.ratio:.2f} of trivial)" if record.ratio is not None else ""
     parts = [
-        f"round {record.round}/{rounds}: loss {record.train_loss:.4f}",
+        f"round {record.round}/{rounds}: loss {record.train_loss:.4f}{ratio}",
         f"clients {len(record.clients)}/{len(record.clients) + len(record.failures)}",
         f"weights {weights}",
     ]

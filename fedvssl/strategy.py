@@ -157,6 +157,7 @@ class RoundReport:
     server_round: int
     client_ids: list[int] = field(default_factory=list)
     client_losses: list[float] = field(default_factory=list)
+    client_trivial_losses: list[float] = field(default_factory=list)  # NaN where not reported
     client_examples: list[int] = field(default_factory=list)
     client_weights: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -181,6 +182,7 @@ class RoundReport:
                 "num-failures": len(self.failures),
                 "client-ids": list(self.client_ids),
                 "client-losses": list(self.client_losses),
+                "client-trivial-losses": list(self.client_trivial_losses),
                 "client-examples": list(self.client_examples),
                 "client-weights": list(self.client_weights),
             }
@@ -196,6 +198,7 @@ class _ClientUpdate:
     node_id: int
     num_examples: int
     train_loss: float
+    trivial_loss: float  # the loss of the trivial prediction on the same batches (NaN: unknown)
     keys: list[str]
     arrays: list[np.ndarray]  # read-only views into the reply's bytes
 
@@ -334,6 +337,7 @@ class FedVSSL(FedAvg):
         updates = self._collect_updates(list(replies), report)
         report.client_ids = ids = [u.partition_id for u in updates]
         report.client_losses = losses = [u.train_loss for u in updates]
+        report.client_trivial_losses = [u.trivial_loss for u in updates]
         report.client_examples = examples = [u.num_examples for u in updates]
         report.client_weights = [0.0] * len(updates)
         if len(updates) < self.min_fit_clients:
@@ -401,10 +405,12 @@ class FedVSSL(FedAvg):
             raise ValueError(f"'train-loss' must be a finite number, got {loss!r}")
         if not isinstance(partition, int):
             raise ValueError(f"'partition-id' must be an int, got {partition!r}")
+        trivial = metrics.get("trivial-loss")
+        trivial = float(trivial) if is_number(trivial) and math.isfinite(trivial) else math.nan
         keys = list(arrays.keys())
         views = [_as_numpy(arrays[k]) for k in keys]
         node = msg.metadata.src_node_id
-        return _ClientUpdate(partition, node, examples, float(loss), keys, views)
+        return _ClientUpdate(partition, node, examples, float(loss), trivial, keys, views)
 
 
 def _drop_inconsistent(updates: list[_ClientUpdate], failures: list[str]) -> list[_ClientUpdate]:

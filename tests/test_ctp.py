@@ -1,4 +1,4 @@
-"""CtP pretext model: state-dict layout, target encoding, hand-computed loss, learning."""
+"""CtP pretext model: state-dict layout, target encoding, hand-computed losses, learning."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import torch
 from test_backbone import EXPECTED_BACKBONE
 from torch import Tensor, nn
 
-from CtP.ctp import CtP, CtPHead, build_ctp, decode_predictions, encode_targets
+from CtP.ctp import (
+    CtP,
+    CtPHead,
+    build_ctp,
+    decode_predictions,
+    encode_targets,
+    trivial_loss,
+)
 
 STDS = (0.8, 0.8, 0.04, 0.04)
 MEANS = (0.0, 0.0, 0.0, 0.0)
@@ -91,6 +98,18 @@ def test_head_init_and_config() -> None:
     assert build_ctp(width=16, clip_len=16).head.temporal_conv.kernel_size == (2, 1, 1)
 
 
+def test_live_head_init_keeps_pytorch_default_for_fc1_only() -> None:
+    torch.manual_seed(0)
+    head = build_ctp(width=16, clip_len=8, head_init="live").head
+    bound = 1 / math.sqrt(128 * 25)  # nn.Linear: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert head.fc1.weight.abs().max().item() <= bound
+    assert head.fc1.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    assert head.pred_head.weight.std().item() == pytest.approx(0.001, rel=0.05)
+    assert all(torch.all(b == 0) for b in (head.fc1.bias, head.pred_head.bias))
+    with pytest.raises(ValueError, match="head init"):
+        CtPHead(in_channels=8, hidden_channels=8, init="dead")  # type: ignore[arg-type]
+
+
 def test_encode_targets_by_hand() -> None:
     trajs = _static_trajs([[10, 10, 20, 30], [0, 0, 0, 5]], t=3)
     trajs[0, 0, 1] = torch.tensor([12, 14, 22, 34])  # centre +2, +4; same size
@@ -136,6 +155,10 @@ def test_loss_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     count = 2 * t
     assert losses["loss_ctr"].item() == pytest.approx((0.125 + 1.5 + 4.5 + 2.5) / count)
     assert losses["loss_size"].item() == pytest.approx((math.log(2) / 0.04 - 0.5) / count)
+    # predicting zero everywhere: the 3.0 at frame 5 (2.5 of the loss) is gone, the rest stays
+    trivial = (0.125 + 1.5 + 4.5 + math.log(2) / 0.04 - 0.5) / count
+    assert losses["trivial_loss"].item() == pytest.approx(trivial)
+    assert not losses["trivial_loss"].requires_grad
 
     weights = torch.ones(1, 2, t)
     weights[0, 1, 3] = 0.0  # drops the 4.5 and the size term
@@ -160,7 +183,7 @@ def test_loss_finite_and_gradients_reach_backbone(clip_len: int, size: int) -> N
     model = build_ctp(width=16, clip_len=clip_len)
     imgs, trajs = _moving_squares_batch(b=2, t=clip_len, size=size)
     losses = model(imgs, trajs)
-    assert set(losses) == {"loss_ctr", "loss_size"}
+    assert set(losses) == {"loss_ctr", "loss_size", "trivial_loss"}
     total = losses["loss_ctr"] + losses["loss_size"]
     assert torch.isfinite(total) and total.item() > 0
     total.backward()
@@ -184,6 +207,51 @@ def test_sgd_steps_on_fixed_batch_halve_the_loss() -> None:
         history.append(loss.item())
     assert history[0] > 1.0  # the squares really move: there is something to learn
     assert max(history[-5:]) <= 0.5 * history[0], history
+
+
+def test_trivial_loss_by_hand() -> None:
+    # one trajectory, 2 frames: frame 1 moves dx = 4 px (5 units: 4.5) and dy = 0.4 px (0.5
+    # units: 0.125), and doubles its width (ln 2 / 0.04 = 17.33 units: 16.83); frame 0 costs 0
+    trajs = _static_trajs([[10, 10, 20, 20]], t=2)
+    trajs[0, 0, 1] = torch.tensor([9, 10.4, 29, 20.4])
+    targets = encode_targets(trajs, MEANS, STDS)
+    expected = (4.5 + 0.125 + math.log(2) / 0.04 - 0.5) / 2
+    assert trivial_loss(targets, torch.ones(1, 1, 2)).item() == pytest.approx(expected)
+    weights = torch.tensor([[[1.0, 0.0]]])  # only frame 0 counts: nothing to predict
+    assert trivial_loss(targets, weights).item() == 0.0
+
+
+def _one_moving_patch(t: int = 8, size: int = 48) -> tuple[Tensor, Tensor]:
+    """A batch of 4 clips, each with one white square crossing a grey, lightly textured frame."""
+    g = torch.Generator().manual_seed(1)
+    imgs = torch.rand(4, 3, t, size, size, generator=g) * 0.2 - 0.1  # [B, 3, T, H, W]
+    trajs = torch.zeros(4, 1, t, 4)  # [B, 1, T, 4]
+    for b, (vx, vy) in enumerate([(2, 0), (-2, 1), (0, -2), (1, 2)]):
+        x0, y0 = 16 - 7 * min(vx, 0), 16 - 7 * min(vy, 0)
+        for f in range(t):
+            x, y = x0 + vx * f - 8, y0 + vy * f - 8
+            trajs[b, 0, f] = torch.tensor([x, y, x + 12, y + 12], dtype=torch.float32)
+            imgs[b, :, f, y : y + 12, x : x + 12] = 2.5
+    return imgs, trajs
+
+
+def test_ctp_fits_one_moving_patch_well_below_trivial() -> None:
+    # The learning guard: the live head and the reference optimiser bring the loss on one fixed
+    # batch of moving white patches far below the "nothing moves" loss within a few dozen steps.
+    torch.manual_seed(0)
+    model = build_ctp(width=16, clip_len=8, head_init="live")
+    imgs, trajs = _one_moving_patch()
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    ratios = []
+    for _ in range(40):
+        losses = model(imgs, trajs)
+        loss = losses["loss_ctr"] + losses["loss_size"]
+        ratios.append((loss / losses["trivial_loss"]).item())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert ratios[0] == pytest.approx(1.0, abs=0.01)  # it starts at "nothing moves"
+    assert max(ratios[-5:]) < 0.5, ratios
 
 
 def test_bad_inputs() -> None:

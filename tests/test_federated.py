@@ -80,6 +80,7 @@ def test_two_rounds_write_checkpoints_logs_and_metrics(
             "loss",
             "loss_ctr",
             "loss_size",
+            "trivial_loss",
         } <= set(line)
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -89,10 +90,18 @@ def test_two_rounds_write_checkpoints_logs_and_metrics(
         assert [c["id"] for c in record["clients"]] == [1, 2]
         assert abs(sum(c["weight"] for c in record["clients"]) - 1) < 1e-6
         assert all(np.isfinite(c["loss"]) and c["examples"] > 0 for c in record["clients"])
+        assert all(c["trivial_loss"] > 0 for c in record["clients"])
+        mean_trivial = sum(c["trivial_loss"] * c["examples"] for c in record["clients"]) / sum(
+            c["examples"] for c in record["clients"]
+        )
+        assert record["trivial_loss"] == pytest.approx(mean_trivial)
         assert record["seconds"] > 0
     assert (run_dir / "metrics.png").stat().st_size > 0
-    # one concise line per round, once
+    # one concise line per round, once, with the loss as a fraction of the trivial loss
+    last = rounds[-1]
+    ratio = last["train_loss"] / last["trivial_loss"]
     assert done.stdout.count("round 2/2: loss") == 1
+    assert f"({ratio:.2f} of trivial)" in done.stdout
 
 
 def test_killed_run_resumes_to_the_same_final_checkpoint(

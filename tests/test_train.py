@@ -14,7 +14,10 @@ from CtP.datasets import CtPDataset, VideoFileSource, ZipFrameSource, load_annot
 from CtP.train import build_optimizer, make_loader, predict_videos, train_one_epoch
 from CtP.transforms import CtPAugmentation
 
-LOG_KEYS = {"mode", "epoch", "iter", "lr", "time", "data_time", "loss", "loss_ctr", "loss_size"}
+LOG_KEYS = {
+    "mode", "epoch", "iter", "lr", "time", "data_time", "loss", "loss_ctr", "loss_size",
+    "trivial_loss",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("source_type", [ZipFrameSource, VideoFileSource])
@@ -36,10 +39,12 @@ def test_one_epoch_of_width16_ctp_on_8_frame_clips(
 
     assert torch.isfinite(torch.tensor(result.loss)) and result.loss > 0
     assert result.iterations == 3 and result.samples == 3 and result.skipped == 0
-    assert set(result.terms) == {"loss_ctr", "loss_size"}
+    assert set(result.terms) == {"loss_ctr", "loss_size", "trivial_loss"}
+    # the trivial loss is measured, not trained on: the training loss is the two terms alone
     assert result.loss == pytest.approx(
         result.terms["loss_ctr"] + result.terms["loss_size"], rel=1e-5
     )
+    assert result.terms["trivial_loss"] > 0
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [line["iter"] for line in lines] == [2, 3]  # the trailing partial interval is logged too
     assert all(set(line) >= LOG_KEYS and line["mode"] == "train" for line in lines)
