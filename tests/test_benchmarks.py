@@ -177,17 +177,35 @@ def test_ctp_learning_report(synthetic_data_dir: Path, tmp_path: Path) -> None:
     run(
         "-m", "benchmarks.ctp_learning", "--dataset-root", str(synthetic_data_dir / "synthetic"),
         "--width", "16", *TINY_CLIP, "--batch", "2", "--steps", "4", "--window", "2",
-        "--lrs", "0.01", "0.1", "--control-steps", "2", "--control-size", "32", "--device", "cpu",
-        "--output", str(output),
+        "--recipes", "reference", "marked", "--device", "cpu", "--output", str(output),
     )  # fmt: skip
     report = json.loads(output.read_text())
     assert report["benchmark"] == "ctp_learning"
     runs = report["runs"]
-    assert [(r["data"], r["lr"]) for r in runs[:2]] == [("ctp", 0.01), ("ctp", 0.1)]
-    assert runs[2]["data"].startswith("squares")
+    assert [r["recipe"] for r in runs] == ["reference", "marked"]
+    assert runs[0]["settings"]["head_init"] == "reference"
+    assert runs[1]["settings"]["patch"]["highlight"] == 1.0
     for entry in runs:
-        steps = [w["step"] for w in entry["windows"]]
-        assert steps == ([2, 4] if entry["data"] == "ctp" else [2])
+        assert [w["step"] for w in entry["windows"]] == [2, 4]
         for window in entry["windows"]:
-            assert math.isfinite(window["loss"]) and window["loss"] > 0
+            assert math.isfinite(window["loss"]) and window["trivial_loss"] > 0
+            assert window["ratio"] == pytest.approx(window["loss"] / window["trivial_loss"])
+            assert 0.0 <= window["live_units"] <= 1.0 and window["backbone_grad"] >= 0
             assert window["predicted_std"] >= 0 and window["target_std"] > 0
+
+
+def test_lever_sweep_undoes_one_departure_at_a_time() -> None:
+    from benchmarks.ctp_learning import lever_sweep
+
+    recipes = lever_sweep()
+    marked = recipes.pop("marked")
+    assert "marked, reference head_init" in recipes
+    assert "marked, reference highlight" in recipes
+    for name, recipe in recipes.items():
+        undone = name.removeprefix("marked, reference ")
+        assert recipe != marked
+        if undone in ("head_init", "hue_sat_prob", "brightness_prob", "contrast_prob"):
+            assert getattr(recipe, undone) != getattr(marked, undone)
+        else:
+            assert getattr(recipe.patch, undone) != getattr(marked.patch, undone)
+            assert recipe.head_init == marked.head_init
