@@ -1,9 +1,10 @@
 """How a synthetic video looks and moves: random appearance, motion tracks, vectorised drawing.
 
-A scene is one textured object on a textured, static background. :func:`sample_appearance` draws
-the object's shape, colours, texture, size and orientation and the background without knowing
-the class; :func:`sample_track` draws the motion of one class (:data:`MOTIONS`) with random
-speed, path and speed profile; :func:`render_video` draws every frame at once with numpy.
+A scene is a few textured objects on a muted, textured, static background. :func:`sample_appearance`
+draws an object's shape, colours, texture, size and orientation (and the background, or takes the
+one given) without knowing the class; :func:`sample_track` draws the motion of one class
+(:data:`MOTIONS`) with random speed, path and speed profile; :func:`render_video` draws every frame
+of one object at once with numpy, on the background or on frames already drawn.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ MOTIONS = (
 )
 SHAPES = ("ellipse", "rectangle", "triangle", "cross", "diamond")
 OBJECT_TEXTURES = ("solid", "stripes", "checker", "rings")
+BACKGROUND_CONTRAST = 0.4  # the clutter's deviations from its mean colour are scaled by this
+OBJECT_RADIUS = (0.14, 0.22)  # object radius as a fraction of the frame height
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,9 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
 
     Occlusion and edges at every scale are what natural frames have, and what CtP needs: it pastes
     pieces of the clip itself, which must carry texture to be seen (a flat background would make
-    every pasted patch invisible and the pretext task unlearnable).
+    every pasted patch invisible and the pretext task unlearnable). The clutter is then muted
+    (its contrast scaled by :data:`BACKGROUND_CONTRAST`), so that the objects, whose motion
+    defines the class, stand out from it.
     """
     canvas = np.empty((height, width, 3), np.float32)  # [H, W, 3]
     canvas[:] = rng.uniform(0.2, 0.8, 3)
@@ -82,12 +87,16 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
             )
             corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half @ axes + (cx, cy)
             cv2.fillPoly(canvas, [np.round(corners).astype(np.int32)], colour, cv2.LINE_AA)
+    mean = canvas.reshape(-1, 3).mean(axis=0)
+    canvas = mean + BACKGROUND_CONTRAST * (canvas - mean)
     grain = rng.normal(0, 0.03, (height, width, 1)).astype(np.float32)  # fine texture
-    return np.clip(canvas + grain, 0, 1)  # [H, W, 3]
+    return np.clip(canvas + grain, 0, 1).astype(np.float32)  # [H, W, 3]
 
 
-def sample_appearance(rng: np.random.Generator, width: int, height: int) -> Appearance:
-    """Draw a random object and background; the distribution does not depend on the class.
+def sample_appearance(
+    rng: np.random.Generator, width: int, height: int, background: np.ndarray | None = None
+) -> Appearance:
+    """Draw a random object (and background); the distribution does not depend on the class.
 
     Parameters
     ----------
@@ -95,13 +104,16 @@ def sample_appearance(rng: np.random.Generator, width: int, height: int) -> Appe
         Random stream of this video.
     width, height : int
         Frame size in pixels.
+    background : numpy.ndarray, optional
+        The scene's background ``[H, W, 3]`` in ``[0, 1]`` when it has one already (a second
+        object); a new one is drawn otherwise.
 
     Returns
     -------
     Appearance
-        The video's look.
+        The object's look, with the background.
     """
-    background = _background(rng, width, height)
+    background = _background(rng, width, height) if background is None else background
     bg_mean = background.reshape(-1, 3).mean(0)
     colour_a = rng.uniform(0, 1, 3)
     for _ in range(20):  # keep the object visible against the background
@@ -111,7 +123,7 @@ def sample_appearance(rng: np.random.Generator, width: int, height: int) -> Appe
     return Appearance(
         shape=SHAPES[rng.integers(len(SHAPES))],
         aspect=float(rng.uniform(0.5, 0.8)),  # never round: spinning must show
-        radius=float(rng.uniform(0.12, 0.18) * height),
+        radius=float(rng.uniform(*OBJECT_RADIUS) * height),
         orientation=float(rng.uniform(0, 2 * math.pi)),
         colour_a=colour_a,
         colour_b=np.clip(colour_a + rng.uniform(-0.35, 0.35, 3), 0, 1),
@@ -236,8 +248,8 @@ def _texture(look: Appearance, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.zeros_like(u)
 
 
-def render_video(look: Appearance, track: Track) -> np.ndarray:
-    """Draw every frame of a video at once (vectorised over frames and pixels).
+def render_video(look: Appearance, track: Track, base: np.ndarray | None = None) -> np.ndarray:
+    """Draw one object in every frame at once (vectorised over frames and pixels).
 
     Parameters
     ----------
@@ -245,6 +257,9 @@ def render_video(look: Appearance, track: Track) -> np.ndarray:
         Object and background.
     track : Track
         Per-frame centre, scale and angle.
+    base : numpy.ndarray, optional
+        RGB uint8 frames ``[T, H, W, 3]`` to draw on (other objects already drawn); the
+        background otherwise.
 
     Returns
     -------
@@ -266,8 +281,9 @@ def render_video(look: Appearance, track: Track) -> np.ndarray:
     tex = _texture(look, u[t, y, x], v[t, y, x])[:, None]  # [N, 1]
     colour = look.colour_a * (1 - tex) + look.colour_b * tex  # [N, 3]
     frames = np.empty((len(track.scale), height, width, 3), np.uint8)  # [T, H, W, 3]
-    frames[:] = _to_uint8(look.background)
-    frames[t, y, x] = _to_uint8(look.background[y, x] * (1 - a) + colour * a)
+    frames[:] = _to_uint8(look.background) if base is None else base
+    under = frames[t, y, x].astype(np.float32) / 255  # [N, 3]
+    frames[t, y, x] = _to_uint8(under * (1 - a) + colour * a)
     return frames
 
 

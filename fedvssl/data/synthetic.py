@@ -1,8 +1,9 @@
 """A seeded synthetic action dataset written in the raw UCF-101 layout; classes differ by motion.
 
-Each video shows one textured object on a textured, static background. The object's shape,
-colours, texture, size and orientation and the background are drawn at random for every video
-from the same distribution whatever the class, so only the motion tells the classes apart:
+Each video shows two textured objects on a muted, textured, static background, both moving the
+way of the video's class. The objects' shapes, colours, textures, sizes and orientations and the
+background are drawn at random for every video from the same distribution whatever the class,
+so only the motion tells the classes apart:
 translation in four directions, circles in two senses, bouncing, spinning in place, zooming in
 and out, each with random speed, path and speed profile. The output looks exactly like the
 extracted official files::
@@ -39,7 +40,8 @@ VIDEOS_PER_CLASS = 28  # at scale 1: 8 test videos (groups 1-2) and 20 train vid
 TEST_FRACTION = 8 / 28
 CLIPS_PER_GROUP = 4
 MANIFEST = "synthetic.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: two larger objects per video on a muted background
+OBJECTS_PER_VIDEO = 2
 RAW_DIR = "UCF101_raw"
 SPLITS_DIR = "ucfTrainTestlist"
 
@@ -146,7 +148,12 @@ def make_video(
     rng = np.random.default_rng([seed, spec.label, spec.group, spec.clip])
     look = sample_appearance(rng, *size)
     num_frames = int(rng.integers(frames[0], frames[1] + 1))
-    return render_video(look, sample_track(spec.motion, rng, num_frames, size, look.radius))
+    video = render_video(look, sample_track(spec.motion, rng, num_frames, size, look.radius))
+    for _ in range(OBJECTS_PER_VIDEO - 1):  # the others move the same way, each on its own path
+        look = sample_appearance(rng, *size, background=look.background)
+        track = sample_track(spec.motion, rng, num_frames, size, look.radius)
+        video = render_video(look, track, base=video)
+    return video
 
 
 @dataclass(frozen=True)
