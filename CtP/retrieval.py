@@ -141,7 +141,7 @@ def extract_features(
     workers : int
         DataLoader worker processes.
     bf16, channels_last : bool
-        bf16 autocast and the channels_last_3d layout; used on CUDA only.
+        bf16 autocast (on CUDA only) and the channels_last_3d layout (any device).
     progress : bool
         Show a progress bar.
     desc : str
@@ -154,7 +154,7 @@ def extract_features(
     """
     on_cuda = device.type == "cuda"
     model.eval().to(device)
-    if channels_last and on_cuda:
+    if channels_last:
         model.to(memory_format=torch.channels_last_3d)
     loader = make_loader(
         dataset, batch_size=batch_size, workers=workers, shuffle=False, pin_memory=on_cuda

@@ -55,6 +55,8 @@ from fedvssl.data.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+FINETUNE_FLIP_PROB = 0.35  # reference §7.1
+
 Config = dict[str, Any]
 BackboneState = dict[str, torch.Tensor]
 RoundEvaluator = Callable[[int, dict[str, np.ndarray]], dict[str, float]]
@@ -205,7 +207,7 @@ def build_finetuning(
     if state is not None:
         load_backbone(model, state)
     model.to(device)
-    if device.type == "cuda" and cfg["channels_last"]:
+    if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last_3d)
     optimizer = build_optimizer(
         model, lr=float(opt_cfg["lr"]), momentum=float(opt_cfg["momentum"]),
@@ -226,8 +228,11 @@ def finetune(
     model, optimizer, scheduler = build_finetuning(cfg, state, width, num_classes, device)
     first, best = resume_point(run_dir, bool(cfg["resume"]), model, optimizer, scheduler)
     crop = int(cfg["crop_size"])
+    # a horizontal flip would turn one class into another on a dataset whose classes are directions
+    flip_prob = 0.0 if cfg["dataset"].get("flip_changes_label") else FINETUNE_FLIP_PROB
     train_set = ClipDataset(
-        train, frame_source(cfg["dataset"]), FinetuneAugmentation(crop_size=crop),
+        train, frame_source(cfg["dataset"]),
+        FinetuneAugmentation(crop_size=crop, flip_prob=flip_prob),
         clip_len=int(cfg["clip_len"]), stride=int(cfg["frame_stride"]), seed=seed,
     )  # fmt: skip
     epochs, validate_every = int(cfg["epochs"]), int(cfg["validate_every"])

@@ -7,6 +7,9 @@
 
 ``pre_train=false pretrained_model_path=PATH`` routes to retrieval + fine-tuning instead (the
 original's ``--pre_train=False``). Bad input ends the run with one ``error:`` line and exit code 2.
+
+The torch and Flower modules are imported when a run needs them, not with this module: the
+worker processes that prepare the synthetic dataset import it afresh, and should not wait for them.
 """
 
 from __future__ import annotations
@@ -14,20 +17,17 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from CtP.recipe import recipe_from_mapping
-from fedvssl.checkpoints import CheckpointError
-from fedvssl.client_app import ClientSettings, make_client_app
 from fedvssl.data.errors import DataError
-from fedvssl.data.preparation import dataset_is_prepared, prepare_dataset
-from fedvssl.server_app import RunStateError, ServerSettings, make_server_app
-from fedvssl.simulation import simulate
-from fedvssl.strategy import StrategyConfigError, resolve_strategy
+
+if TYPE_CHECKING:
+    from fedvssl.client_app import ClientSettings
+    from fedvssl.server_app import ServerSettings
 
 logger = logging.getLogger("fedvssl")
 
@@ -38,6 +38,8 @@ class DataNotReadyError(RuntimeError):
 
 def ensure_dataset(dataset: dict[str, Any], data_dir: str, pool_size: int) -> None:
     """Check the dataset and its ``pool_size`` partitions; prepare the synthetic one if allowed."""
+    from fedvssl.data.preparation import dataset_is_prepared, prepare_dataset
+
     root = Path(dataset["root"])
     name = dataset["name"]
     command = (
@@ -59,6 +61,10 @@ def ensure_dataset(dataset: dict[str, Any], data_dir: str, pool_size: int) -> No
 
 def server_settings(cfg: dict[str, Any], run_dir: str) -> ServerSettings:
     """Read the server's settings from the composed config."""
+    from CtP.recipe import recipe_from_mapping
+    from fedvssl.server_app import ServerSettings
+    from fedvssl.strategy import resolve_strategy
+
     return ServerSettings(
         run_dir=run_dir,
         rounds=int(cfg["rounds"]),
@@ -78,6 +84,9 @@ def server_settings(cfg: dict[str, Any], run_dir: str) -> ServerSettings:
 
 def client_settings(cfg: dict[str, Any], run_dir: str) -> ClientSettings:
     """Read the clients' settings from the composed config."""
+    from CtP.recipe import recipe_from_mapping
+    from fedvssl.client_app import ClientSettings
+
     dataset, optimizer = cfg["dataset"], cfg["optimizer"]
     return ClientSettings(
         results_dir=str(Path(run_dir) / "fedvssl_results"),
@@ -124,6 +133,10 @@ def check_config(cfg: dict[str, Any]) -> None:
 
 def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
     """Run the federated pre-training; returns the last round's mean client loss."""
+    from fedvssl.client_app import make_client_app
+    from fedvssl.server_app import RunStateError, make_server_app
+    from fedvssl.simulation import simulate
+
     check_config(cfg)
     server = server_settings(cfg, run_dir)
     ensure_dataset(cfg["dataset"], cfg["data_dir"], server.pool_size)
@@ -157,11 +170,16 @@ def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
     return last
 
 
-# Errors whose message tells the user what to do; anything else is a bug and keeps its traceback.
-USER_ERRORS = (
-    DataError, StrategyConfigError, DataNotReadyError, RunStateError, CheckpointError, ValueError,
-    FileNotFoundError,
-)  # fmt: skip
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message tells the user what to do; anything else is a bug (traceback kept)."""
+    from fedvssl.checkpoints import CheckpointError
+    from fedvssl.server_app import RunStateError
+    from fedvssl.strategy import StrategyConfigError
+
+    return (
+        DataError, StrategyConfigError, DataNotReadyError, RunStateError, CheckpointError,
+        ValueError, FileNotFoundError,
+    )  # fmt: skip
 
 
 def fail(err: BaseException) -> NoReturn:
@@ -182,7 +200,7 @@ def main(cfg: DictConfig) -> float | None:
             run_downstream(plain, run_dir, pretrained=cfg.pretrained_model_path)
             return None
         return pretrain(plain, run_dir)
-    except USER_ERRORS as err:
+    except user_errors() as err:
         fail(err)
 
 
