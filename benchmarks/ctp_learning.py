@@ -131,6 +131,7 @@ def train_windows(
     model.train()
     for step, batch in enumerate(batches, start=1):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch["imgs"] = batch["imgs"].contiguous(memory_format=torch.channels_last_3d)
         records.append(_step(model, optimizer, batch) | {"live": probe.live_fraction()})
         if step % window == 0:
             done = records[-window:]

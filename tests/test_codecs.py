@@ -13,6 +13,7 @@ from __future__ import annotations
 import zipfile
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import cv2
@@ -48,7 +49,9 @@ def _encode(path: Path, codec: str, clip: np.ndarray) -> None:
     container_format, pix_fmt, options = CODECS[codec]
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=Fraction(25, 1), options=options)
+        stream = cast(
+            av.VideoStream, container.add_stream(codec, rate=Fraction(25, 1), options=options)
+        )
         stream.height, stream.width = clip.shape[1:3]
         stream.pix_fmt = pix_fmt
         for image in clip:
@@ -88,9 +91,12 @@ def test_every_codec_is_prepared_frame_for_frame(prepared: Path, codec: str) -> 
     zip_path = prepared / "data" / "ucf101" / "zips" / cls / f"v_{cls}_g08_c01.zip"
     assert count_frames(zip_path) == FRAMES
     with zipfile.ZipFile(zip_path) as archive:
-        first = cv2.imdecode(np.frombuffer(archive.read("img_00001.jpg"), np.uint8), 1)
-        last = cv2.imdecode(np.frombuffer(archive.read(f"img_{FRAMES:05d}.jpg"), np.uint8), 1)
-    first, last = first[..., ::-1], last[..., ::-1]  # BGR -> RGB
+        first, last = (
+            cast(np.ndarray, cv2.imdecode(np.frombuffer(archive.read(name), np.uint8), 1))[
+                ..., ::-1
+            ]
+            for name in ("img_00001.jpg", f"img_{FRAMES:05d}.jpg")
+        )  # RGB
     assert first.shape == (48, 64, 3)
     background = first[:, 40:].reshape(-1, 3).mean(axis=0)  # right of the bar's start
     np.testing.assert_allclose(background, COLOUR, atol=12)  # colours and channel order kept
