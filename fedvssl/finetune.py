@@ -8,8 +8,9 @@
 4. write ``results.json`` in the run folder and log a small table.
 
 ``python -m fedvssl.main pre_train=false pretrained_model_path=PATH`` comes here through
-:func:`run_downstream`, and :func:`make_round_evaluator` gives pre-training its per-round
-retrieval. Bad input ends the run with one ``error:`` line and exit code 2.
+:func:`run_downstream`. The test data (splits, multi-clip datasets) come from
+:mod:`fedvssl.evaluation`, which also holds pre-training's per-round retrieval. Bad input ends the
+run with one ``error:`` line and exit code 2.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -31,35 +30,26 @@ from omegaconf.errors import OmegaConfBaseException
 
 from CtP.backbone import load_backbone
 from CtP.classifier import Classifier, build_classifier, video_accuracy
-from CtP.datasets import (
-    Annotation,
-    ClipDataset,
-    FrameSource,
-    MultiClipDataset,
-    VideoReadError,
-    load_annotations,
-    open_frame_source,
-)
-from CtP.retrieval import (
-    RetrievalModel,
-    build_retrieval_model,
-    evaluate_retrieval,
-    extract_features,
-    retrieval_metrics,
-)
+from CtP.datasets import Annotation, ClipDataset, MultiClipDataset, VideoReadError
+from CtP.retrieval import build_retrieval_model, extract_features, retrieval_metrics
 from CtP.train import build_optimizer, make_loader, train_one_epoch
-from CtP.transforms import EvalTransform, FinetuneAugmentation
+from CtP.transforms import FinetuneAugmentation
 from fedvssl.checkpoints import CheckpointError, load_backbone_state
 from fedvssl.data.atomic import atomic_path, write_bytes_atomic
-from fedvssl.data.errors import DataError
+from fedvssl.evaluation import (
+    Config,
+    DownstreamError,
+    frame_source,
+    load_splits,
+    multi_clip,
+    pick_device,
+)
 
 logger = logging.getLogger(__name__)
 
 FINETUNE_FLIP_PROB = 0.35  # reference §7.1
 
-Config = dict[str, Any]
 BackboneState = dict[str, torch.Tensor]
-RoundEvaluator = Callable[[int, dict[str, np.ndarray]], dict[str, float]]
 # Keys a pre-training run hands on to fine-tuning (pre_train=false): the data and the clip geometry.
 FORWARDED_KEYS = ("data_dir", "seed", "resume", "clip_len", "crop_size", "workers", "bf16",
                   "channels_last")  # fmt: skip
@@ -67,62 +57,13 @@ POSITIVE_KEYS = ("batch_size", "clip_len", "crop_size", "frame_stride", "num_cli
                  "eval_batch_size")  # fmt: skip
 
 
-class DownstreamError(ValueError):
-    """Bad input to retrieval or fine-tuning that the user can fix (the message says how)."""
-
-
-def frame_source(dataset: Config) -> FrameSource:
-    """Where the dataset's frames come from: CtP zips of JPEGs, or the video files."""
-    return open_frame_source(
-        dataset["frames"], dataset["root"],
-        zip_template=dataset["zip_template"], video_template=dataset["video_template"],
+def test_clips(cfg: Config, items: list[Annotation]) -> MultiClipDataset:
+    """The ``num_clips`` uniformly spaced clips of every video in ``items`` (reference §7.1)."""
+    return multi_clip(
+        frame_source(cfg["dataset"]), items, clip_len=int(cfg["clip_len"]),
+        stride=int(cfg["frame_stride"]), crop_size=int(cfg["crop_size"]),
+        num_clips=int(cfg["num_clips"]),
     )  # fmt: skip
-
-
-def load_splits(dataset: Config, data_dir: str) -> tuple[list[Annotation], list[Annotation]]:
-    """Read the train and test annotations, preparing the synthetic dataset on first use."""
-    root = Path(dataset["root"])
-    paths = [root / dataset["train_annotations"], root / dataset["test_annotations"]]
-    if not all(p.is_file() for p in paths) and dataset.get("auto_prepare"):
-        from fedvssl.data.preparation import prepare_dataset
-
-        logger.info("preparing the %s dataset in %s (first use)", dataset["name"], root)
-        try:
-            prepare_dataset(dataset["name"], Path(data_dir))
-        except DataError as err:
-            raise DownstreamError(str(err)) from None
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        command = f"python dataset_preparation.py --dataset {dataset['name']} --data-dir {data_dir}"
-        raise DownstreamError(f"{missing[0]} does not exist: prepare the data with `{command}`")
-    train, test = (load_annotations(p) for p in paths)
-    if not train or not test:
-        raise DownstreamError(f"the annotations in {root} list no train or no test video")
-    return train, test
-
-
-def evenly_spaced(items: Sequence[Annotation], limit: int | None) -> list[Annotation]:
-    """At most ``limit`` items, evenly spaced over the list (all of them for ``None``)."""
-    if limit is None or limit >= len(items):
-        return list(items)
-    if limit < 1:
-        raise DownstreamError(f"evaluation.max_videos must be at least 1, got {limit}")
-    return [items[int(i)] for i in np.linspace(0, len(items) - 1, limit).round()]
-
-
-def multi_clip(cfg: Config, items: Sequence[Annotation], num_clips: int) -> MultiClipDataset:
-    """Build the test/retrieval clips of ``items``: uniform clips, resize, centre crop (§7.1)."""
-    crop = int(cfg["crop_size"])
-    return MultiClipDataset(
-        items, frame_source(cfg["dataset"]), EvalTransform(crop_size=crop),
-        clip_len=int(cfg["clip_len"]), stride=int(cfg.get("frame_stride", 2)),
-        num_clips=num_clips, crop_size=crop,
-    )  # fmt: skip
-
-
-def pick_device() -> torch.device:
-    """Return the GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -295,14 +236,14 @@ def downstream(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
         cfg["dataset"]["name"], len(train), len(test), num_classes, pretrained or "random",
         width, pick_device(),
     )  # fmt: skip
-    test_set = multi_clip(cfg, test, int(cfg["num_clips"]))
+    test_set = test_clips(cfg, test)
     results: dict[str, Any] = {
         "checkpoint": str(Path(pretrained).resolve()) if pretrained else None,
         "dataset": cfg["dataset"]["name"],
     }
     try:
         if cfg["retrieval"]:
-            gallery = multi_clip(cfg, train, int(cfg["num_clips"]))
+            gallery = test_clips(cfg, train)
             results |= run_retrieval(cfg, run_dir, state, width, test_set, gallery)
         if int(cfg["epochs"]) > 0:
             results |= finetune(cfg, run_dir, state, width, num_classes, train, test_set)
@@ -371,49 +312,6 @@ def run_downstream(cfg: Config, run_dir: str, pretrained: str | None) -> None:
         The checkpoint (None: a random backbone).
     """
     downstream(finetune_config(cfg, pretrained), run_dir)
-
-
-def make_round_evaluator(cfg: Config) -> RoundEvaluator:
-    """Build the per-round retrieval of the global backbone during pre-training.
-
-    Parameters
-    ----------
-    cfg : dict
-        The composed pre-training config; ``cfg["evaluation"]`` gives ``num_clips``,
-        ``batch_size`` and ``max_videos`` (per split, an evenly spaced subset).
-
-    Returns
-    -------
-    Callable
-        ``evaluate(server_round, state) -> {"R@1": ..., "R@5": ...}`` over the test split
-        (queries) and the train split (gallery); ``state`` holds the round's arrays by key.
-    """
-    settings = cfg["evaluation"]
-    train, test = load_splits(cfg["dataset"], str(cfg["data_dir"]))
-    limit = settings.get("max_videos")
-    num_clips = int(settings["num_clips"])
-    queries = multi_clip(cfg, evenly_spaced(test, limit), num_clips)
-    gallery = multi_clip(cfg, evenly_spaced(train, limit), num_clips)
-    ks = [int(k) for k in settings.get("ks", (1, 5))]
-    device = pick_device()
-    models: dict[int, RetrievalModel] = {}
-
-    def evaluate(server_round: int, state: dict[str, np.ndarray]) -> dict[str, float]:
-        backbone = {
-            k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
-        }
-        width = int(backbone["stem.conv.weight"].shape[0])
-        if width not in models:
-            models[width] = build_retrieval_model(None, width=width)
-        model = models[width]
-        load_backbone(model, backbone)
-        return evaluate_retrieval(
-            model, queries, gallery, device=device, ks=ks, batch_size=int(settings["batch_size"]),
-            workers=int(settings.get("workers", cfg["workers"])), bf16=bool(cfg["bf16"]),
-            channels_last=bool(cfg["channels_last"]), progress=False,
-        )  # fmt: skip
-
-    return evaluate
 
 
 USER_ERRORS = (DownstreamError, CheckpointError, ValueError, FileNotFoundError)

@@ -27,6 +27,7 @@ from fedvssl.data.errors import DataError
 
 if TYPE_CHECKING:
     from fedvssl.client_app import ClientSettings
+    from fedvssl.evaluation import RoundEvaluation
     from fedvssl.server_app import ServerSettings
 
 logger = logging.getLogger("fedvssl")
@@ -115,6 +116,24 @@ def client_settings(cfg: dict[str, Any], run_dir: str) -> ClientSettings:
     )
 
 
+def round_evaluation(cfg: dict[str, Any]) -> RoundEvaluation:
+    """Read the server's per-round retrieval settings from the composed config."""
+    from fedvssl.evaluation import RoundEvaluation
+
+    evaluation = cfg["evaluation"]
+    max_videos = evaluation.get("max_videos")
+    return RoundEvaluation(
+        dataset=dict(cfg["dataset"]), data_dir=str(cfg["data_dir"]),
+        clip_len=int(cfg["clip_len"]), stride=int(evaluation.get("frame_stride", 2)),
+        crop_size=int(cfg["crop_size"]), num_clips=int(evaluation["num_clips"]),
+        batch_size=int(evaluation["batch_size"]),
+        max_videos=None if max_videos is None else int(max_videos),
+        ks=tuple(int(k) for k in evaluation.get("ks", (1, 5))),
+        workers=int(evaluation.get("workers", cfg["workers"])), bf16=bool(cfg["bf16"]),
+        channels_last=bool(cfg["channels_last"]),
+    )  # fmt: skip
+
+
 def check_config(cfg: dict[str, Any]) -> None:
     """Refuse settings that would hang or make no sense, with one clear line."""
     pool, per_round = int(cfg["pool_size"]), int(cfg["clients_per_round"])
@@ -143,9 +162,9 @@ def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
     clients = client_settings(cfg, run_dir)
     evaluate_fn = None
     if server.evaluate_every > 0:
-        from fedvssl.finetune import make_round_evaluator  # torch-heavy: only when asked for
+        from fedvssl.evaluation import make_round_evaluator  # torch-heavy: only when asked for
 
-        evaluate_fn = make_round_evaluator(cfg)
+        evaluate_fn = make_round_evaluator(round_evaluation(cfg))
     sink: dict[str, Any] = {}
     resources = cfg["client_resources"]
     logger.info(

@@ -174,7 +174,8 @@ def test_round_evaluator_builds_its_datasets_once(
     from hydra import compose, initialize
     from omegaconf import OmegaConf
 
-    import fedvssl.finetune as finetune_module
+    import fedvssl.evaluation as evaluation_module
+    from fedvssl.main import round_evaluation
 
     with initialize(config_path="../conf", version_base="1.3"):
         base = compose(
@@ -186,14 +187,15 @@ def test_round_evaluator_builds_its_datasets_once(
         )  # fmt: skip
     cfg: dict[str, Any] = OmegaConf.to_container(base, resolve=True)  # type: ignore[assignment]
     built: list[int] = []
-    original = finetune_module.multi_clip
+    original = evaluation_module.multi_clip
 
-    def counting(cfg: dict[str, Any], items: list[Any], num_clips: int) -> Any:
+    def counting(source: Any, items: list[Any], **clips: int) -> Any:
         built.append(len(items))
-        return original(cfg, items, num_clips)
+        assert clips["num_clips"] == 2 and clips["clip_len"] == 8 and clips["crop_size"] == 32
+        return original(source, items, **clips)
 
-    monkeypatch.setattr(finetune_module, "multi_clip", counting)
-    evaluate = finetune_module.make_round_evaluator(cfg)
+    monkeypatch.setattr(evaluation_module, "multi_clip", counting)
+    evaluate = evaluation_module.make_round_evaluator(round_evaluation(cfg))
     assert built == [12, 12]  # queries and gallery, evenly spaced subsets
     torch.manual_seed(0)
     state = {k: v.numpy() for k, v in build_ctp(width=16, clip_len=8).state_dict().items()}
