@@ -7,6 +7,7 @@ normal noise with valid random box trajectories (three per clip, drifting over t
 Variants, each on a fresh model (seed 0), timed after warm-up with the device synchronised:
 
 * ``fp32``: float32 (cuDNN's default TF32 convolutions on CUDA);
+* ``fp32_cl``: float32 with ``channels_last_3d`` inputs, as a CPU client runs;
 * ``bf16``: bf16 autocast (CUDA only);
 * ``bf16_cl``: bf16 autocast and ``channels_last_3d`` inputs, as the client runs (CUDA only);
 * ``bf16_cl_model``: ``bf16_cl`` with the model's weights in ``channels_last_3d`` too (CUDA only;
@@ -52,6 +53,7 @@ class Variant:
 
 VARIANTS = {
     "fp32": Variant("fp32"),
+    "fp32_cl": Variant("fp32_cl", channels_last=True),
     "bf16": Variant("bf16", bf16=True),
     "bf16_cl": Variant("bf16_cl", bf16=True, channels_last=True),
     "bf16_cl_model": Variant(

@@ -64,7 +64,7 @@ def server_settings(cfg: dict[str, Any], run_dir: str) -> ServerSettings:
     """Read the server's settings from the composed config."""
     from CtP.recipe import recipe_from_mapping
     from fedvssl.server_app import ServerSettings
-    from fedvssl.strategy import resolve_strategy
+    from fedvssl.strategy_config import resolve_strategy
 
     return ServerSettings(
         run_dir=run_dir,
@@ -193,7 +193,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Errors whose message tells the user what to do; anything else is a bug (traceback kept)."""
     from fedvssl.checkpoints import CheckpointError
     from fedvssl.server_app import RunStateError
-    from fedvssl.strategy import StrategyConfigError
+    from fedvssl.strategy_config import StrategyConfigError
 
     return (
         DataError, StrategyConfigError, DataNotReadyError, RunStateError, CheckpointError,

@@ -1,7 +1,8 @@
 """The FedVSSL Flower strategy: sampling, replies in, the alpha/beta aggregate out.
 
-The math lives in :mod:`fedvssl.aggregation` (pure functions, no Flower); :class:`FedVSSL` is
-the thin Message-API glue around it, plus the strategy settings and their command-line aliases.
+The math lives in :mod:`fedvssl.aggregation` (pure functions, no Flower) and the config group's
+resolution in :mod:`fedvssl.strategy_config` (no Flower either); :class:`FedVSSL` is the thin
+Message-API glue around them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -39,6 +40,7 @@ from fedvssl.aggregation import (
     loss_weights,
     mixing_weights,
 )
+from fedvssl.strategy_config import StrategyConfigError, StrategySettings, resolve_strategy
 
 __all__ = [  # the aggregation math is re-exported: callers import it from here too
     "FedVSSL",
@@ -82,67 +84,6 @@ def sample_partitions(
         return pool
     rng = np.random.default_rng([seed, server_round])
     return sorted(int(p) for p in rng.choice(pool, size=clients_per_round, replace=False))
-
-
-@dataclass(frozen=True)
-class StrategySettings:
-    """The resolved `strategy` config group.
-
-    Parameters
-    ----------
-    name : str
-        "fedvssl" or "fedavg".
-    alpha : float
-        Share of the loss-based average in the mix (paper meaning: 0 is FedAvg).
-    beta : float
-        Weight of the previous global model in the blend (0 turns it off).
-    partial_update : bool
-        True: clients take only ``backbone.*`` from the global model and keep their own CtP
-        head (FedVSSL); False: clients take the whole model (plain FedAvg).
-    """
-
-    name: str
-    alpha: float
-    beta: float
-    partial_update: bool
-
-
-class StrategyConfigError(ValueError):
-    """A `strategy` config group that cannot run; the message says which key to change."""
-
-
-def resolve_strategy(cfg: Mapping[str, Any]) -> StrategySettings:
-    """Resolve the `strategy` config group, aliases included, into checked settings.
-
-    Parameters
-    ----------
-    cfg : Mapping[str, Any]
-        The plain-dict group: ``name``, ``alpha``, ``beta`` and the seed-compatible aliases
-        ``mix_coeff`` (= alpha), ``swbeta`` (= beta) and ``fedavg`` (true = plain FedAvg).
-        An alias that is not None wins over the canonical key.
-
-    Returns
-    -------
-    StrategySettings
-        The settings; ``name == "fedavg"`` or ``fedavg=true`` gives alpha 0, beta 0 and whole-model
-        updates.
-    """
-    name = cfg.get("name", "fedvssl")
-    if name not in ("fedvssl", "fedavg"):
-        raise StrategyConfigError(f"strategy.name must be 'fedvssl' or 'fedavg', got {name!r}")
-    fedavg = cfg.get("fedavg") or False
-    if not isinstance(fedavg, bool):
-        raise StrategyConfigError(f"strategy.fedavg must be true or false, got {fedavg!r}")
-    if fedavg or name == "fedavg":
-        return StrategySettings(name="fedavg", alpha=0.0, beta=0.0, partial_update=False)
-    alpha_key = "mix_coeff" if cfg.get("mix_coeff") is not None else "alpha"
-    beta_key = "swbeta" if cfg.get("swbeta") is not None else "beta"
-    alpha, beta = cfg.get(alpha_key, 0.9), cfg.get(beta_key, 1.0)
-    check_alpha(alpha, f"strategy.{alpha_key}", StrategyConfigError)
-    check_beta(beta, f"strategy.{beta_key}", StrategyConfigError)
-    return StrategySettings(
-        name="fedvssl", alpha=float(alpha), beta=float(beta), partial_update=True
-    )
 
 
 @dataclass
