@@ -117,17 +117,21 @@ def test_train_step_report() -> None:
         "train_step",
         *["--width", "8", "--batch", "2", "--clip-len", "8", "--crop-size", "32"],
         *["--steps", "2", "--warmup", "1", "--threads", "1", "--device", "cpu"],
-        *["--variants", "fp32", "bf16"],
+        *["--variants", "fp32", "fp32_cl", "bf16"],
     )
     assert report["model"] == {"width": 8, "clip_len": 8, "crop_size": 32}
-    fp32, bf16 = report["results"]
+    fp32, fp32_cl, bf16 = report["results"]
     assert fp32["variant"] == "fp32" and fp32["steps"] == 2
     assert fp32["clips_per_s"] == pytest.approx(2 * 2 / fp32["seconds"], rel=1e-2)
     assert fp32["step_ms"] == pytest.approx(1e3 * fp32["seconds"] / 2, rel=1e-2)
     assert fp32["speedup_vs_fp32"] == 1.0 and "speedup_vs_bf16_cl" not in fp32
     assert math.isfinite(fp32["loss"]) and fp32["loss"] > 0
     assert fp32["peak_memory_mib"] is None  # CPU
-    assert bf16 == {"variant": "bf16", "skipped": "CUDA only (autocast and layout apply there)"}
+    assert fp32_cl["channels_last"] and not fp32_cl["bf16"] and fp32_cl["steps"] == 2
+    assert fp32_cl["speedup_vs_fp32"] == pytest.approx(
+        fp32_cl["clips_per_s"] / fp32["clips_per_s"], rel=1e-2
+    )
+    assert bf16 == {"variant": "bf16", "skipped": "CUDA only (bf16 autocast and compile)"}
 
 
 def test_client_epoch_report(ucf_like: Path) -> None:
