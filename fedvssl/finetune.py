@@ -44,6 +44,7 @@ from fedvssl.evaluation import (
     multi_clip,
     pick_device,
 )
+from fedvssl.published import DRIVE_URL, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +227,10 @@ def downstream(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     """Run retrieval, then fine-tuning and test; write and return ``results.json``'s content."""
     started, run_dir = time.perf_counter(), Path(run_dir)
     check_config(cfg, run_dir)
-    pretrained = cfg["pretrained"]
+    pretrained = resolve_checkpoint(
+        cfg["pretrained"], cfg.get("published_cache"), url=cfg.get("published_url", DRIVE_URL),
+        progress=bool(cfg["progress"]),
+    )  # fmt: skip
     state = load_backbone_state(pretrained) if pretrained else None
     train, test = load_splits(cfg["dataset"], str(cfg["data_dir"]))
     num_classes = max(a.label for a in train + test)

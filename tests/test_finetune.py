@@ -9,6 +9,7 @@ and the per-round evaluator of pre-training.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +204,30 @@ def test_round_evaluator_builds_its_datasets_once(
     assert set(first) == {"R@1", "R@5"} and all(0 <= v <= 100 for v in first.values())
     assert evaluate(2, state) == first  # the same backbone gives the same numbers
     assert built == [12, 12]
+
+
+def test_published_name_comes_from_the_cache_without_network(
+    synthetic_data_dir: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cached = cache / "fedvssl-a0.9-b1.npz"
+    shutil.copyfile(checkpoint, cached)
+    run_dir = tmp_path / "run"
+    done = finetune(
+        run_dir, synthetic_data_dir, "pretrained=published:fedvssl-a0.9-b1",
+        f"published_cache={cache}", "published_url=http://127.0.0.1:9/nothing-listens", "epochs=0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["checkpoint"] == str(cached.resolve()) and "R@1" in results
+
+
+def test_unknown_published_name_lists_the_names(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    done = run(
+        "fedvssl.main", "pre_train=false", "pretrained_model_path=published:unknown-name",
+        f"hydra.run.dir={tmp_path / 'run'}", f"data_dir={synthetic_data_dir}", "experiment=smoke",
+    )  # fmt: skip
+    assert done.returncode == 2
+    errors = [line for line in done.stdout.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "unknown-name" in errors[0] and "fedvssl-a0.9-b1" in errors[0]
