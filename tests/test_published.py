@@ -25,6 +25,9 @@ CONFIRM_PAGE = """<!DOCTYPE html><html><head><title>Google Drive - Virus scan wa
 <input type="hidden" name="id" value="{id}"><input type="hidden" name="export" value="download">
 <input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="u-42">
 </form></body></html>"""
+LEGACY_PAGE = """<html><body>Google Drive - Virus scan warning
+<a id="uc-download-link" href="/download?id=legacy&amp;export=download&amp;confirm=AbC1">
+Download anyway</a></body></html>"""
 
 
 def published_bytes(width: int = WIDTH) -> bytes:
@@ -56,8 +59,11 @@ class _Drive(http.server.BaseHTTPRequestHandler):
         if url.path != "/download" or body is None:
             self.send_error(404)
             return
-        if query["id"] == "large" and query.get("confirm") != "t":
-            page = CONFIRM_PAGE.format(action="/download", id="large").encode()
+        if query["id"] in ("large", "legacy") and not query.get("confirm"):
+            page = (
+                CONFIRM_PAGE.format(action="/download", id="large")
+                if query["id"] == "large" else LEGACY_PAGE
+            ).encode()  # fmt: skip
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(page)))
@@ -83,7 +89,7 @@ class _Drive(http.server.BaseHTTPRequestHandler):
 def drive() -> Iterator[tuple[str, type[_Drive]]]:
     handler = type(
         "Drive", (_Drive,),
-        {"files": {"direct": published_bytes(), "large": published_bytes()}, "requests": []},
+        {"files": dict.fromkeys(("direct", "large", "legacy"), published_bytes()), "requests": []},
     )  # fmt: skip
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
@@ -97,7 +103,7 @@ def entry(drive_id: str) -> pub.Published:
     return pub.Published(0.9, 1.0, drive_id, 1.0, 2.0, 3.0, width=WIDTH, name=f"tiny-{drive_id}")
 
 
-@pytest.mark.parametrize("drive_id", ["direct", "large"])
+@pytest.mark.parametrize("drive_id", ["direct", "large", "legacy"])
 def test_download_completes_and_loads(
     drive_id: str, drive: tuple[str, type[_Drive]], tmp_path: Path
 ) -> None:
@@ -108,6 +114,8 @@ def test_download_completes_and_loads(
     assert load_backbone_state(path)["stem.conv.weight"].shape[0] == WIDTH
     if drive_id == "large":  # the page, then the file through the page's form
         assert "confirm=t" in handler.requests[-1] and "uuid=u-42" in handler.requests[-1]
+    if drive_id == "legacy":  # the page's "Download anyway" link
+        assert handler.requests[-1].endswith("confirm=AbC1")
     assert not list(tmp_path.glob("*.part"))
 
 
