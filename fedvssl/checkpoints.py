@@ -7,29 +7,29 @@ whose ``arr_0`` is a pickled Flower ``Parameters`` record or a 1-D object array 
 (maybe followed by a metrics ``arr_1``, never read; the Flower baseline's FedVSSL mode wrote 252),
 and ``.pth`` files holding ``{"state_dict": ...}`` with ``backbone.*`` keys, or a bare state dict.
 
-Pickled content is read by a restricted unpickler that admits only the ``Parameters`` record and
-what numpy needs to rebuild arrays: any other global is refused before anything runs.
+Pickled content is read by the restricted unpickler of :mod:`fedvssl.restricted_pickle`, which
+admits only the ``Parameters`` record and what numpy needs to rebuild arrays: any other global is
+refused before anything runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import logging
 import os
-import pickle
 import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 import torch
 
 from CtP.backbone import backbone_state_spec
+from fedvssl.restricted_pickle import FlowerParameters, UnsafePickleError, read_npz_member
 
 log = logging.getLogger(__name__)
 
@@ -37,70 +37,10 @@ _ROUND_FILE = re.compile(r"round-(\d+)-weights\.array\.npz")
 _PREFIX = "backbone."
 _CTP_ENTRIES = 126  # backbone (120) then CtP head (6): the order of the published lists
 _FLOWER_BUG_ENTRIES = 2 * _CTP_ENTRIES  # Flower FedVSSL mode: alpha*A concatenated with (1-alpha)*B
-_NPY_HEADER_READERS = {
-    (1, 0): np.lib.format.read_array_header_1_0,
-    (2, 0): np.lib.format.read_array_header_2_0,
-}
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, unsafe or does not hold the expected weights."""
-
-
-class FlowerParameters:
-    """Stand-in for flwr's ``Parameters`` record (``.npy`` blobs), so flwr need not be installed."""
-
-    tensors: list[bytes]
-    tensor_type: str
-
-    def __setstate__(self, state: object) -> None:
-        # Dataclass pickles carry a plain dict; slotted ones carry (dict | None, slots dict).
-        if isinstance(state, tuple) and len(state) == 2:
-            state = {**(state[0] or {}), **(state[1] or {})}
-        if not isinstance(state, dict) or set(state) != {"tensors", "tensor_type"}:
-            raise pickle.UnpicklingError("Parameters record with unexpected fields")
-        self.tensors = state["tensors"]
-        self.tensor_type = state["tensor_type"]
-
-
-def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
-    # Protocol 2 writes bytes as _codecs.encode(text, "latin1"): admit exactly that, no codec.
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("only latin-1 byte strings are admitted")
-    return text.encode("latin-1")
-
-
-@functools.cache
-def _admitted_globals() -> dict[tuple[str, str], Any]:
-    try:  # numpy >= 2
-        from numpy._core import multiarray, numeric
-    except ImportError:  # numpy 1.26
-        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
-    admitted: dict[tuple[str, str], Any] = {
-        ("flwr.common.typing", "Parameters"): FlowerParameters,  # flwr 0.18-1.x
-        ("flwr.compat.common.typing", "Parameters"): FlowerParameters,  # where flwr 1.4x keeps it
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_bytes,
-    }
-    for package in ("numpy.core", "numpy._core"):  # the names numpy 1.x and 2.x pickles use
-        admitted[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        admitted[(f"{package}.multiarray", "scalar")] = multiarray.scalar
-        admitted[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]
-    return admitted
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolve only the admitted globals; any other name is refused before anything runs."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        admitted = _admitted_globals().get((module, name))
-        if admitted is None:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}")
-        return admitted
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("refused persistent reference")
 
 
 def _fail(path: Path, problem: str, remedy: str) -> CheckpointError:
@@ -249,25 +189,12 @@ def load_global_checkpoint(path: Path) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- any layout -> backbone state
 
 
-def _read_npz_member(path: Path, zf: zipfile.ZipFile, member: str) -> np.ndarray:
-    """Read one ``.npy`` member; object arrays go through the restricted unpickler."""
-    with zf.open(member) as fp:
-        version = np.lib.format.read_magic(fp)
-        read_header = _NPY_HEADER_READERS.get(version)
-        if read_header is None:
-            raise _fail(path, f"{member} has .npy version {version}", "re-save it with numpy")
-        if not read_header(fp)[2].hasobject:
-            fp.seek(0)
-            return np.lib.format.read_array(fp, allow_pickle=False)
-        try:
-            value = _RestrictedUnpickler(fp).load()
-        except Exception as error:  # refused globals, truncation, bad arguments to numpy
-            raise _fail(
-                path, f"unsafe or unreadable pickle in {member} ({error})", "do not load this file"
-            ) from None
-    if not isinstance(value, np.ndarray):
-        raise _fail(path, f"{member} does not unpickle to an array", "do not load this file")
-    return value
+def _member(path: Path, zf: zipfile.ZipFile, member: str) -> np.ndarray:
+    """Read one ``.npy`` member of ``path``; an unsafe or unreadable one is a CheckpointError."""
+    try:
+        return read_npz_member(zf, member)
+    except UnsafePickleError as error:
+        raise _fail(path, str(error), "do not load this file") from None
 
 
 def _decode_parameters(path: Path, record: FlowerParameters) -> list[np.ndarray]:
@@ -378,11 +305,9 @@ def _backbone_from_npz(path: Path, zf: zipfile.ZipFile) -> dict[str, torch.Tenso
     members = {member.removesuffix(".npy"): member for member in zf.namelist()}
     wanted = [key for key in members if key.removeprefix("module.").startswith(_PREFIX)]
     if wanted:
-        return _backbone_from_named(
-            path, {key: _read_npz_member(path, zf, members[key]) for key in wanted}
-        )
+        return _backbone_from_named(path, {key: _member(path, zf, members[key]) for key in wanted})
     if "arr_0" in members:  # arr_1, when present, is the research code's metrics: never read
-        arr_0 = _read_npz_member(path, zf, members["arr_0"])
+        arr_0 = _member(path, zf, members["arr_0"])
         return _backbone_from_list(path, _entries_of_arr0(path, arr_0))
     raise _fail(
         path,
