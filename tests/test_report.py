@@ -1,0 +1,118 @@
+"""``python -m fedvssl.report``: a 2x1 grid end to end at tiny size, resume, bad input, table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedvssl.published import lookup
+from fedvssl.report_table import Row, markdown, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_FINETUNE = (
+    'finetune=["clip_len=8","crop_size=32","num_clips=2","batch_size=4","progress=false",'
+    '"epochs=1","workers=0"]'
+)
+
+
+def report(work: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedvssl.report", f"work_dir={work}", f"data_dir={data_dir}",
+         'pretrain=["experiment=smoke"]', TINY_FINETUNE, *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_two_by_one_grid_end_to_end_then_nothing_new(
+    synthetic_data_dir: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "report"
+    grid = ["grid.alpha=[0,1]", "grid.beta=[0]", "fedavg=false"]
+    done = report(work, synthetic_data_dir, *grid)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads((work / "report.json").read_text())
+    assert [r["label"] for r in data["rows"]] == ["alpha=0 beta=0", "alpha=1 beta=0", "random init"]
+    assert data["computed"] == 5  # two pre-trainings, three evaluations
+    for row in data["rows"][:2]:
+        ratio, std = row["summary"]["ratio"]
+        assert 0.5 < ratio < 1.5 and std == 0.0
+        assert row["seeds"][0]["pretraining"]["checkpoint"].endswith("round-2-weights.array.npz")
+    assert data["rows"][2]["summary"]["ratio"] is None  # nothing pre-trained
+    for row in data["rows"]:
+        for metric in ("R@1", "R@5", "top1", "top5"):
+            mean, _ = row["summary"][f"synthetic {metric}"]
+            assert 0 <= mean <= 100
+    table = (work / "report.md").read_text().splitlines()
+    assert table[0] == (
+        "| setting | ratio to trivial | synthetic R@1 | synthetic R@5 | synthetic top1 "
+        "| synthetic top5 | wall time |"
+    )
+    assert len(table) == 5 and table[4].startswith("| random init | - |")
+    assert (work / "report.png").stat().st_size > 0
+    stamps = {p: p.stat().st_mtime_ns for p in work.glob("cells/*/cell.json")}
+    assert len(stamps) == 5
+
+    again = report(work, synthetic_data_dir, *grid)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads((work / "report.json").read_text())["computed"] == 0
+    assert {p: p.stat().st_mtime_ns for p in work.glob("cells/*/cell.json")} == stamps
+    assert "python -m fedvssl" not in again.stdout  # no cell was started
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["downstream=[nosuchset]"], "unknown dataset 'nosuchset'"),
+        (["checkpoints=[/no/such/file.npz]"], "/no/such/file.npz does not exist"),
+        (["grid.alpha=[]", "fedavg=false"], "the grid is empty"),
+        (["checkpoints=[published:nope]"], "no published checkpoint is called 'nope'"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_work(
+    overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "report"
+    done = report(work, tmp_path / "no-data", *overrides)
+    assert done.returncode == 2
+    errors = [line for line in done.stdout.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], done.stdout + done.stderr
+    assert not (work / "cells").exists()
+
+
+def test_failed_cell_is_reported_and_the_others_complete(
+    synthetic_data_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "broken.npz"
+    bad.write_text("not a checkpoint")
+    work = tmp_path / "report"
+    done = report(work, synthetic_data_dir, f"checkpoints=[{bad}]")
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = (work / "report.md").read_text()
+    assert "| broken | - | failed |" in table and "| random init | - |" in table
+    assert "Failed cells:" in table and "broken, synthetic, seed 7:" in table
+    random_row = json.loads((work / "report.json").read_text())["rows"][1]
+    assert random_row["errors"] == [] and random_row["summary"]["synthetic R@1"] is not None
+
+
+def test_table_puts_reported_numbers_beside_ours() -> None:
+    entry = lookup("fedvssl-a0.9-b1")  # reported: UCF-101 R@1 35.34, top-1 79.41; HMDB-51 16.93
+    seeds = [
+        {"seed": 7, "evaluation": {"ucf101": {"R@1": 30.0, "top1": 80.0, "seconds": 60.0}}},
+        {"seed": 8, "evaluation": {"ucf101": {"R@1": 40.0, "top1": 82.0, "seconds": 90.0}}},
+    ]
+    row = Row("fedvssl-a0.9-b1", 0.9, 1.0, entry, seeds)
+    summary = summarise(row, ["ucf101"])
+    assert summary["ucf101 R@1"] == (35.0, 5.0)
+    assert summary["ucf101 R@1 reported"] == 35.34
+    assert summary["ucf101 R@1 difference"] == pytest.approx(-0.34)
+    assert summary["ucf101 top1 difference"] == pytest.approx(81.0 - 79.41)
+    assert summary["seconds"] == 150.0 and summary["ratio"] is None
+    line = markdown([row], ["ucf101"]).splitlines()[2]
+    assert line == (
+        "| fedvssl-a0.9-b1 | - | 35.00 ± 5.00 (reported 35.34, -0.34) "
+        "| 81.00 ± 1.00 (reported 79.41, +1.59) | 2.5 min |"
+    )
