@@ -198,7 +198,11 @@ def report(cfg: dict[str, Any]) -> dict[str, Any]:
     work = Path(cfg["work_dir"])
     logger.info("report: %d rows, downstream %s, in %s", len(rows), cfg["downstream"], work)
     done = [run_row(cfg, row) for row in rows]
-    return write_report(done, list(cfg["downstream"]), work)
+    data = write_report(done, list(cfg["downstream"]), work)
+    for line in (work / "report.md").read_text().splitlines():
+        logger.info("%s", line)
+    logger.info("report: %s, %s, %s", *(work / f"report.{x}" for x in ("md", "json", "png")))
+    return data
 
 
 @hydra.main(config_path="../conf", config_name="report", version_base="1.3")
