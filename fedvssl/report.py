@@ -52,7 +52,7 @@ class Setting:
     label: str
     pretrain: list[str] | None  # fedvssl.main overrides; None: nothing to pre-train
     checkpoint: str | None = None  # checkpoint mode: the file; None with pretrain None: random
-    published: Published | None = None
+    published: Published | None = None  # the published checkpoint, or the paper's same setting
     alpha: float | None = None
     beta: float | None = None
     seeds: list[int] = field(default_factory=list)
@@ -130,9 +130,10 @@ def sweep_settings(cfg: dict[str, Any]) -> list[Setting]:
     grid = [(float(a), float(b)) for a in cfg["grid"]["alpha"] for b in cfg["grid"]["beta"]]
     if not grid and not cfg["fedavg"]:
         raise ReportError("the grid is empty and fedavg=false: there is nothing to pre-train")
+    reported = {(e.alpha, e.beta): e for e in MANIFEST}  # the paper's row of the same setting
     rows = [
         Setting(f"alpha={a:g} beta={b:g}", [f"strategy.alpha={a}", f"strategy.beta={b}"],
-                alpha=a, beta=b)
+                published=reported.get((a, b)), alpha=a, beta=b)
         for a, b in grid
     ]  # fmt: skip
     if cfg["fedavg"]:

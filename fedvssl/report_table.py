@@ -3,7 +3,9 @@
 One row per setting. Columns: the pre-training's last-round loss over the trivial loss (rows
 pre-trained here), then per downstream dataset R@1, R@5, fine-tuned top-1 and top-5 (mean ± std
 over seeds), and the row's wall time (its cells' seconds, summed). For published checkpoints on
-UCF-101 and HMDB-51 the numbers the original reports stand beside ours, with the difference. A
+UCF-101 and HMDB-51 the numbers the original reports for that checkpoint (or, for a setting
+pre-trained here, for the published checkpoint of the same alpha and beta) stand beside ours,
+with the difference. A
 failed cell shows as ``failed`` and its reason is listed under the table.
 """
 
@@ -146,7 +148,7 @@ def write_report(rows: list[Row], downstream: list[str], work: Path) -> dict[str
         "computed": sum(c.get("computed", False) for r in rows for _, c in r.cells()),
         "rows": [
             {"label": r.label, "alpha": r.alpha, "beta": r.beta,
-             "published": r.published.name if r.published else None,
+             "compared_with": r.published.name if r.published else None,
              "summary": summarise(r, downstream), "seeds": r.seeds, "errors": r.errors()}
             for r in rows
         ],

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedvssl.published import lookup
+from fedvssl.report import sweep_settings
 from fedvssl.report_table import Row, markdown, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,3 +117,11 @@ def test_table_puts_reported_numbers_beside_ours() -> None:
         "| fedvssl-a0.9-b1 | - | 35.00 ± 5.00 (reported 35.34, -0.34) "
         "| 81.00 ± 1.00 (reported 79.41, +1.59) | 2.5 min |"
     )
+
+
+def test_sweep_rows_are_compared_with_the_published_setting() -> None:
+    rows = sweep_settings({"grid": {"alpha": [0.9, 0.5], "beta": [1.0]}, "fedavg": True})
+    assert [r.label for r in rows] == ["alpha=0.9 beta=1", "alpha=0.5 beta=1", "FedAvg"]
+    assert rows[0].pretrain == ["strategy.alpha=0.9", "strategy.beta=1.0"]
+    assert rows[0].published is not None and rows[0].published.name == "fedvssl-a0.9-b1"
+    assert rows[1].published is None and rows[2].pretrain == ["strategy=fedavg"]
