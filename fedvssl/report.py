@@ -22,6 +22,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,9 @@ def cell_dir(work: Path, kind: str, label: str, args: list[str]) -> Path:
     return work / "cells" / f"{kind}-{slug}-{digest}"
 
 
-def run_cell(module: str, args: list[str], where: Path, summarise: Any) -> dict[str, Any]:
+def run_cell(
+    module: str, args: list[str], where: Path, summarise: Callable[[Path], dict[str, Any]]
+) -> dict[str, Any]:
     """Run ``python -m module args`` unless ``where/cell.json`` exists; return its summary.
 
     ``summarise(where)`` reads the finished run into the summary kept in ``cell.json``. A failed
