@@ -133,6 +133,13 @@ class _IntervalLog:
         self.sums, self.count = {}, 0
 
 
+def training_loss(losses: Mapping[str, Tensor]) -> Tensor:
+    """Sum the entries named ``loss*``; the others (``trivial_loss``) are measurements."""
+    loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+    assert isinstance(loss, Tensor), f"no entry named loss* among {sorted(losses)}"
+    return loss
+
+
 def _timed(loader: DataLoader[Batch]) -> Iterator[tuple[Batch, float]]:
     start = time.perf_counter()
     for batch in loader:
@@ -203,8 +210,7 @@ def train_one_epoch(
         inputs = _to_device(batch, device, channels_last)
         with autocast(device, bf16):
             losses = compute(inputs)
-        loss = sum(v for k, v in losses.items() if k.startswith("loss"))
-        assert isinstance(loss, Tensor)
+        loss = training_loss(losses)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:

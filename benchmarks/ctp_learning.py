@@ -36,7 +36,7 @@ from CtP.ctp import CtP, encode_targets
 from CtP.datasets import CtPDataset, ZipFrameSource, load_annotations
 from CtP.patches import PatchMaskParams
 from CtP.recipe import CtPRecipe, recipe_from_mapping
-from CtP.train import autocast, build_optimizer, make_loader
+from CtP.train import autocast, build_optimizer, make_loader, training_loss
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -95,7 +95,7 @@ def _step(
     imgs = batch["imgs"]
     with autocast(imgs.device, bf16=True):  # bf16 on CUDA, as clients train there; fp32 on CPU
         losses = model(imgs, batch["gt_trajs"])
-    loss = losses["loss_ctr"] + losses["loss_size"]
+    loss = training_loss(losses)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     backbone_grad = _grad_norm(model.backbone)
