@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,18 +118,28 @@ class History:
             fig.savefig(tmp, dpi=110, format="png")
 
 
-def _per_client(rounds: list[RoundRecord], key: str) -> dict[int, tuple[list[int], list[float]]]:
+def _per_client(
+    rounds: list[RoundRecord], value: Callable[[dict[str, float | int]], float]
+) -> dict[int, tuple[list[int], list[float]]]:
+    """Each client's (rounds, values) series, in client order; non-finite values are left out."""
     series: dict[int, tuple[list[int], list[float]]] = {}
     for record in rounds:
         for client in record.clients:
-            xs, ys = series.setdefault(int(client["id"]), ([], []))
-            xs.append(record.round)
-            ys.append(float(client[key]))
+            y = value(client)
+            if math.isfinite(y):
+                xs, ys = series.setdefault(int(client["id"]), ([], []))
+                xs.append(record.round)
+                ys.append(y)
     return dict(sorted(series.items()))
 
 
+def _client_ratio(client: dict[str, float | int]) -> float:
+    trivial = float(client.get("trivial_loss", math.nan))
+    return float(client["loss"]) / trivial if trivial > 0 else math.nan
+
+
 def _plot_losses(ax: Any, rounds: list[RoundRecord]) -> None:
-    for cid, (xs, ys) in _per_client(rounds, "loss").items():
+    for cid, (xs, ys) in _per_client(rounds, lambda c: float(c["loss"])).items():
         ax.plot(xs, ys, lw=0.8, alpha=0.6, label=f"client {cid}")
     done = [r for r in rounds if r.train_loss is not None]
     ax.plot([r.round for r in done], [r.train_loss for r in done], "k-", lw=2, label="mean")
@@ -137,15 +148,7 @@ def _plot_losses(ax: Any, rounds: list[RoundRecord]) -> None:
 
 
 def _plot_ratios(ax: Any, rounds: list[RoundRecord]) -> None:
-    series: dict[int, tuple[list[int], list[float]]] = {}
-    for record in rounds:
-        for client in record.clients:
-            trivial = float(client.get("trivial_loss", math.nan))
-            if math.isfinite(trivial) and trivial > 0:
-                xs, ys = series.setdefault(int(client["id"]), ([], []))
-                xs.append(record.round)
-                ys.append(float(client["loss"]) / trivial)
-    for xs, ys in dict(sorted(series.items())).values():
+    for xs, ys in _per_client(rounds, _client_ratio).values():
         ax.plot(xs, ys, lw=0.8, alpha=0.6)
     done = [r for r in rounds if r.ratio is not None]
     ax.plot([r.round for r in done], [r.ratio for r in done], "k-", lw=2, label="mean")
@@ -155,7 +158,7 @@ def _plot_ratios(ax: Any, rounds: list[RoundRecord]) -> None:
 
 
 def _plot_weights(ax: Any, rounds: list[RoundRecord]) -> None:
-    for cid, (xs, ys) in _per_client(rounds, "weight").items():
+    for cid, (xs, ys) in _per_client(rounds, lambda c: float(c["weight"])).items():
         ax.plot(xs, ys, marker=".", lw=0.8, label=f"client {cid}")
     ax.set_ylabel("aggregation weight")
 
