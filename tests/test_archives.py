@@ -6,15 +6,14 @@ import hashlib
 import http.server
 import struct
 import sys
-import threading
 import zipfile
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
+from conftest import Serve
 
 from fedvssl.data import archives
 from fedvssl.data.archives import (
@@ -308,14 +307,9 @@ class _Server(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[str, type[_Server]]]:
+def server(loopback: Serve) -> tuple[str, type[_Server]]:
     handler = type("Handler", (_Server,), {"body": bytes(range(256)) * 2000, "ranges": []})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/file.bin", handler
-    httpd.shutdown()
-    httpd.server_close()
+    return f"{loopback(handler)}/file.bin", handler
 
 
 def test_download_complete_and_checked(tmp_path: Path, server: tuple[str, type[_Server]]) -> None:

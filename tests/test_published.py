@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import http.server
 import io
-import threading
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
+from conftest import Serve
 
 from CtP.ctp import build_ctp
 from fedvssl import published as pub
@@ -86,17 +85,12 @@ class _Drive(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def drive() -> Iterator[tuple[str, type[_Drive]]]:
+def drive(loopback: Serve) -> tuple[str, type[_Drive]]:
     handler = type(
         "Drive", (_Drive,),
         {"files": dict.fromkeys(("direct", "large", "legacy"), published_bytes()), "requests": []},
     )  # fmt: skip
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/download?id={{id}}&export=download", handler
-    httpd.shutdown()
-    httpd.server_close()
+    return f"{loopback(handler)}/download?id={{id}}&export=download", handler
 
 
 def entry(drive_id: str) -> pub.Published:
