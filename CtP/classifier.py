@@ -6,9 +6,13 @@ spatio-temporal average pool, then ``cls_head`` (dropout and ``fc_cls``). Its st
 
 The video-level metrics of the test protocol (reference §7.1) live here too: clip logits are
 averaged per video, then top-k accuracy and mean class accuracy are read off the video scores.
+So does the loss of the classification pretexts (VCOP, Speed): cross-entropy, with the loss of
+the trivial prediction (uniform scores: ln of the number of classes) beside it.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +105,33 @@ class Classifier(nn.Module):
         if label.shape != logits.shape[:1]:
             raise ValueError(f"label must be [B={logits.shape[0]}], got {tuple(label.shape)}")
         return {"loss_cls": F.cross_entropy(logits.float(), label.long())}
+
+
+def pretext_classification_losses(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """Cross-entropy of a classification pretext, its accuracy and its trivial loss.
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``[B, K]`` scores over the pretext's K classes.
+    labels : Tensor
+        ``[B]`` 0-based classes, drawn uniformly by the pretext's sampler.
+
+    Returns
+    -------
+    dict[str, Tensor]
+        ``loss_cls`` (trained on), ``accuracy`` and ``trivial_loss`` = ln K, the cross-entropy of
+        uniform scores, which is what a model that has learned nothing scores on uniform labels
+        (both measurements, without gradient).
+    """
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"labels must be [B={logits.shape[0]}], got {tuple(labels.shape)}")
+    logits = logits.float()
+    with torch.no_grad():
+        accuracy = (logits.argmax(dim=1) == labels).float().mean()
+        trivial = torch.tensor(math.log(logits.shape[1]), device=logits.device)
+    loss = F.cross_entropy(logits, labels.long())
+    return {"loss_cls": loss, "accuracy": accuracy, "trivial_loss": trivial}
 
 
 def build_classifier(*, width: int = 64, num_classes: int, dropout: float = 0.5) -> Classifier:

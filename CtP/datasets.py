@@ -183,7 +183,7 @@ def open_frame_source(
     raise ValueError(f"dataset.frames must be 'zip' or 'video', got {kind!r}")
 
 
-class _SkippingDataset(Dataset[dict[str, torch.Tensor]]):
+class SkippingDataset(Dataset[dict[str, torch.Tensor]]):
     """Shared machinery: per-sample seeding; skipping unreadable videos, one warning each."""
 
     def __init__(self, annotations: Sequence[Annotation], source: FrameSource, seed: int) -> None:
@@ -226,7 +226,7 @@ class _SkippingDataset(Dataset[dict[str, torch.Tensor]]):
             logger.warning("skipping unreadable video %s (%s)", name, err)
 
 
-class CtPDataset(_SkippingDataset):
+class CtPDataset(SkippingDataset):
     """The CtP pretext dataset: one randomly sampled clip per video, with pasted patches.
 
     Parameters
@@ -274,7 +274,7 @@ class CtPDataset(_SkippingDataset):
         return {"imgs": sample["imgs"], "gt_trajs": sample["gt_trajs"]}
 
 
-class ClipDataset(_SkippingDataset):
+class ClipDataset(SkippingDataset):
     """One random labelled clip per video, for fine-tuning (reference §7.1: 16 frames, stride 2).
 
     ``label`` in the sample is 0-based (the annotation's label minus 1).

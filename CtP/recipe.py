@@ -10,11 +10,12 @@ same fields, chosen in ``conf/ctp/`` and measured in docs/differences.md.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from CtP.ctp import HEAD_INITS, CtP, HeadInit, build_ctp
+from CtP.datasets import Annotation, CtPDataset, FrameSource
 from CtP.patches import PatchMaskParams
 from CtP.transforms import CtPAugmentation
 
@@ -37,6 +38,7 @@ class CtPRecipe:
         (reference §3.2 steps 5-7: 0.25, 0.5, 0.5).
     """
 
+    name: ClassVar[str] = "ctp"
     head_init: HeadInit = "reference"
     patch: PatchMaskParams = field(default_factory=PatchMaskParams)
     hue_sat_prob: float = 0.25  # §3.2 step 5
@@ -65,6 +67,19 @@ class CtPRecipe:
             brightness_prob=self.brightness_prob,
             contrast_prob=self.contrast_prob,
         )
+
+    def dataset(
+        self,
+        annotations: Sequence[Annotation],
+        source: FrameSource,
+        *,
+        clip_len: int,
+        crop_size: int,
+        seed: int,
+    ) -> CtPDataset:
+        """Build the CtP dataset of ``crop_size`` clips (patch sizes scale with the crop)."""
+        augmentation = self.augmentation(crop_size)
+        return CtPDataset(annotations, source, augmentation, clip_len=clip_len, seed=seed)
 
 
 def recipe_from_mapping(values: Mapping[str, Any]) -> CtPRecipe:

@@ -1,9 +1,10 @@
-"""Temporal sampling for CtP: which frames make a clip, key frames, and key-frame interpolation.
+"""Temporal sampling: which frames make a clip, key frames, and key-frame interpolation.
 
 This module owns
 
 * the random clip sampler of pre-training and fine-tuning (reference §3.1, §7.1),
 * the uniform multi-clip sampler of testing and retrieval (reference §7.1, §7.2),
+* the clip-tuple sampler of VCOP and the signed-stride sampler of Speed (conf/pretext/),
 * the key-frame sampler shared by the patch trajectories and the dynamic colour ops (§3.3.2),
 * the interpolation of values between key frames (§3.3.3).
 
@@ -110,6 +111,87 @@ def uniform_clip_indices(num_frames: int, clip_len: int, stride: int, num_clips:
         starts = np.zeros(num_clips, dtype=np.int64)
     indices = starts[:, None] + stride * np.arange(clip_len, dtype=np.int64)[None, :]
     return np.clip(indices, 0, num_frames - 1)
+
+
+def tuple_clip_indices(
+    num_frames: int,
+    clip_len: int,
+    tuple_len: int,
+    interval: tuple[int, int],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Sample ``tuple_len`` consecutive clips in their true order, for clip order prediction.
+
+    The clips follow each other with the same gap of ``gap`` frames, drawn uniformly from
+    ``interval`` (min, max) but never larger than the video allows; the tuple starts uniformly at
+    random. A video too short for any gap gets ``tuple_len`` evenly spaced (overlapping) clips,
+    as :func:`uniform_clip_indices` places them; indices are clamped to the last frame.
+
+    Parameters
+    ----------
+    num_frames
+        Number of frames in the video.
+    clip_len
+        Frames per clip.
+    tuple_len
+        Clips per tuple (at least 2).
+    interval
+        Smallest and largest gap between neighbouring clips, in frames.
+    rng
+        Random stream.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[tuple_len, clip_len]`` int64 frame indices, 0-based, clips in temporal order.
+    """
+    _check_positive(num_frames=num_frames, clip_len=clip_len)
+    low, high = int(interval[0]), int(interval[1])
+    if tuple_len < 2 or low < 0 or high < low:
+        raise ValueError(
+            f"need tuple_len >= 2 and 0 <= min <= max interval, got {tuple_len} and {interval}"
+        )
+    room = (num_frames - tuple_len * clip_len) // (tuple_len - 1)  # the largest gap that fits
+    if room <= 0:
+        return uniform_clip_indices(num_frames, clip_len, 1, tuple_len)
+    gap = room if room < low else int(rng.integers(low, min(high, room) + 1))
+    last_start = num_frames - tuple_len * clip_len - (tuple_len - 1) * gap
+    start = int(rng.integers(0, last_start + 1))
+    starts = start + (clip_len + gap) * np.arange(tuple_len, dtype=np.int64)
+    indices = starts[:, None] + np.arange(clip_len, dtype=np.int64)[None, :]
+    return np.minimum(indices, num_frames - 1)
+
+
+def signed_stride_indices(
+    num_frames: int, clip_len: int, stride: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Sample a clip played at ``stride`` frames per step, backwards when ``stride < 0``.
+
+    The clip spans ``|stride| * (clip_len - 1) + 1`` frames from a uniform start (0 if the video
+    is shorter); stride 0 repeats one frame (a still clip). Indices are clamped to the last frame.
+
+    Parameters
+    ----------
+    num_frames
+        Number of frames in the video.
+    clip_len
+        Frames per clip.
+    stride
+        Signed playback stride.
+    rng
+        Random stream.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[clip_len]`` int64 frame indices, 0-based, in playback order.
+    """
+    _check_positive(num_frames=num_frames, clip_len=clip_len)
+    step = abs(int(stride))
+    span = step * (clip_len - 1) + 1
+    start = 0 if span >= num_frames else int(rng.integers(0, num_frames - span + 1))
+    indices = np.minimum(start + step * np.arange(clip_len, dtype=np.int64), num_frames - 1)
+    return indices[::-1].copy() if stride < 0 else indices
 
 
 def sample_key_frames(

@@ -3,9 +3,11 @@
 Our format, ``round-{r}-weights.array.npz``, holds one plain numeric array per state-dict entry
 of the full CtP model, named by its key, in state-dict order; it needs no pickle and is written
 atomically. ``load_backbone_state`` also reads the layouts of the original code: ``.npz`` files
-whose ``arr_0`` is a pickled Flower ``Parameters`` record or a 1-D object array of 126 arrays
-(maybe followed by a metrics ``arr_1``, never read; the Flower baseline's FedVSSL mode wrote 252),
-and ``.pth`` files holding ``{"state_dict": ...}`` with ``backbone.*`` keys, or a bare state dict.
+whose ``arr_0`` is a pickled Flower ``Parameters`` record or a 1-D object array of the model's
+arrays in state-dict order (maybe followed by a metrics ``arr_1``, never read): 126 for CtP (the
+Flower baseline's FedVSSL mode wrote 252), 124 for VCOP and 122 for Speed, the authors' other
+FL-pre-trained pretexts; and ``.pth`` files holding ``{"state_dict": ...}`` with ``backbone.*``
+keys, or a bare state dict.
 
 Pickled content is read by the restricted unpickler of :mod:`fedvssl.restricted_pickle`, which
 admits only the ``Parameters`` record and what numpy needs to rebuild arrays: any other global is
@@ -35,8 +37,11 @@ log = logging.getLogger(__name__)
 
 _ROUND_FILE = re.compile(r"round-(\d+)-weights\.array\.npz")
 _PREFIX = "backbone."
+_BACKBONE_ENTRIES = 120
 _CTP_ENTRIES = 126  # backbone (120) then CtP head (6): the order of the published lists
 _FLOWER_BUG_ENTRIES = 2 * _CTP_ENTRIES  # Flower FedVSSL mode: alpha*A concatenated with (1-alpha)*B
+# The pretext of a published list, by its length: backbone (120) then the pretext's head.
+_PRETEXT_OF_LENGTH = {_CTP_ENTRIES: "ctp", 124: "vcop", 122: "speed"}
 
 
 class CheckpointError(ValueError):
@@ -267,12 +272,17 @@ def _backbone_from_list(path: Path, entries: list[object]) -> dict[str, torch.Te
             _CTP_ENTRIES,
         )
         entries = entries[:_CTP_ENTRIES]
-    if len(entries) != _CTP_ENTRIES:
+    if len(entries) not in _PRETEXT_OF_LENGTH:
         raise _fail(
             path,
-            f"holds {len(entries)} arrays, expected {_CTP_ENTRIES} (or {_FLOWER_BUG_ENTRIES})",
-            "point to a CtP global checkpoint",
+            f"holds {len(entries)} arrays, expected {_CTP_ENTRIES} (CtP, or "
+            f"{_FLOWER_BUG_ENTRIES}), 124 (VCOP) or 122 (Speed)",
+            "point to a FedVSSL global checkpoint",
         )
+    log.info(
+        "%s: %d arrays, a %s model; reading its %d backbone arrays",
+        path, len(entries), _PRETEXT_OF_LENGTH[len(entries)], _BACKBONE_ENTRIES,
+    )  # fmt: skip
     spec = _spec_for(path, entries[0])
     return {
         name: _as_tensor(path, name, entry, shape)
@@ -343,7 +353,8 @@ def load_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
     ----------
     path : str or Path
         Our ``round-{r}-weights.array.npz``; a published ``round-540.npz`` (Parameters record or
-        object array, maybe with a metrics ``arr_1``; 126 or 252 arrays); or a ``.pth`` holding
+        object array, maybe with a metrics ``arr_1``; 126 or 252 arrays of CtP, 124 of VCOP, 122
+        of Speed); or a ``.pth`` holding
         ``{"state_dict": ...}`` or a bare state dict (``module.`` prefixes are stripped).
 
     Returns

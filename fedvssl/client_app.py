@@ -1,15 +1,16 @@
-"""The FedVSSL ClientApp: a train message in, one local CtP epoch, arrays and metrics out.
+"""The FedVSSL ClientApp: a train message in, one local pretext epoch, arrays and metrics out.
 
 Each round a sampled client (reference §6.1, minus its bugs):
 
-1. takes ``backbone.*`` from the global model and keeps its own CtP head from its last round
-   (partial weight update; with plain FedAvg it takes the whole model). The head is stored in
-   ``<results>/client{N}/head-round-{r}.pt``, so it survives a restart;
-2. trains ``local_epochs`` of CtP on its partition ``client_dist{N}.json`` with a fresh SGD
-   optimiser, writing ``<results>/client{N}/<timestamp>.log.json``;
+1. takes ``backbone.*`` from the global model and keeps its own pretext head (every other entry)
+   from its last round (partial weight update; with plain FedAvg it takes the whole model). The
+   head is stored in ``<results>/client{N}/head-round-{r}.pt``, so it survives a restart;
+2. trains ``local_epochs`` of its pretext (CtP, VCOP or Speed: :mod:`CtP.pretext`) on its
+   partition ``client_dist{N}.json`` with a fresh SGD optimiser, writing
+   ``<results>/client{N}/<timestamp>.log.json``;
 3. replies with all arrays, ``num-examples``, its mean training loss (computed in-process), the
-   mean loss of the trivial prediction "nothing moves" on the same batches (``trivial-loss``) and
-   its ``partition-id``.
+   mean loss of the pretext's trivial prediction on the same batches (``trivial-loss``: CtP's
+   "nothing moves", ln of the number of classes for VCOP and Speed) and its ``partition-id``.
 
 The model is built once per worker process and reused across rounds and clients. A client uses
 the GPU when Ray gives it one (``client_resources.num_gpus``).
@@ -29,9 +30,10 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
-from CtP.ctp import CtP
-from CtP.datasets import CtPDataset, load_annotations, open_frame_source
+from CtP.datasets import SkippingDataset, load_annotations, open_frame_source
+from CtP.pretext import Pretext
 from CtP.recipe import CtPRecipe
 from CtP.train import build_optimizer, make_loader, train_one_epoch
 from fedvssl.data.atomic import atomic_path
@@ -68,7 +70,7 @@ class ClientSettings:
     log_interval: int
     progress: bool
     num_threads: int  # torch threads of a CPU client (its Ray num_cpus)
-    recipe: CtPRecipe = field(default_factory=CtPRecipe)  # the pretext task (conf/ctp/)
+    pretext: Pretext = field(default_factory=CtPRecipe)  # conf/pretext/ (and conf/ctp/ for CtP)
 
     def client_dir(self, partition_id: int) -> Path:
         """``client{N}``, N = partition id + 1, as the original numbers clients."""
@@ -80,19 +82,24 @@ class ClientSettings:
         return Path(self.dataset_root) / name
 
 
-_MODELS: dict[tuple[int, int, str], CtP] = {}
+_MODELS: dict[tuple[Pretext, int, int, str], nn.Module] = {}
 
 
-def cached_model(width: int, clip_len: int, device: torch.device) -> CtP:
-    """Return the CtP model of this worker process, built on first use.
+def cached_model(pretext: Pretext, width: int, clip_len: int, device: torch.device) -> nn.Module:
+    """Return this worker process's model of ``pretext``, built on first use.
 
     Its initial weights never matter: every round loads the global arrays (and the client's
     own head) into it.
     """
-    key = (width, clip_len, str(device))
+    key = (pretext, width, clip_len, str(device))
     if key not in _MODELS:
-        _MODELS[key] = CtPRecipe().build_model(width=width, clip_len=clip_len).to(device)
+        _MODELS[key] = pretext.build_model(width=width, clip_len=clip_len).to(device)
     return _MODELS[key]
+
+
+def is_local(key: str) -> bool:
+    """Whether a state-dict entry is the client's own (the pretext head), not the backbone's."""
+    return not key.startswith("backbone.")
 
 
 def head_files(client_dir: Path) -> dict[int, Path]:
@@ -126,21 +133,20 @@ def start_state(
     """Return the weights a client trains from: global backbone, and its own head if partial."""
     if not partial or own_head is None:
         return global_state
-    return {k: own_head.get(k, v) if k.startswith("head.") else v for k, v in global_state.items()}
+    return {k: own_head.get(k, v) if is_local(k) else v for k, v in global_state.items()}
 
 
-def build_dataset(settings: ClientSettings, partition_id: int) -> CtPDataset:
-    """Build the client's CtP dataset over its partition."""
+def build_dataset(settings: ClientSettings, partition_id: int) -> SkippingDataset:
+    """Build the client's pretext dataset over its partition."""
     source = open_frame_source(
         settings.frames, settings.dataset_root,
         zip_template=settings.zip_template, video_template=settings.video_template,
     )  # fmt: skip
-    augmentation = settings.recipe.augmentation(settings.crop_size)  # patches scale with the crop
-    return CtPDataset(
+    return settings.pretext.dataset(
         load_annotations(settings.partition_file(partition_id)),
         source,
-        augmentation,
         clip_len=settings.clip_len,
+        crop_size=settings.crop_size,
         seed=settings.seed * 1000 + partition_id,
     )
 
@@ -152,7 +158,7 @@ def train_locally(
     global_state: dict[str, Any],
     partial: bool,
 ) -> tuple[dict[str, torch.Tensor], dict[str, int | float | list[int] | list[float]]]:
-    """One round of local CtP training; returns the new arrays and the metrics to report."""
+    """One round of local pretext training; returns the new arrays and the metrics to report."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(max(1, settings.num_threads))
@@ -160,7 +166,7 @@ def train_locally(
     client_dir = settings.client_dir(partition_id)
     dataset = build_dataset(settings, partition_id)
 
-    model = cached_model(settings.width, settings.clip_len, device)
+    model = cached_model(settings.pretext, settings.width, settings.clip_len, device)
     own_head = load_own_head(client_dir, server_round) if partial else None
     model.load_state_dict(start_state(global_state, own_head, partial))
     optimizer = build_optimizer(
@@ -188,9 +194,7 @@ def train_locally(
         skipped += result.skipped
         seconds += result.seconds
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_own_head(
-        client_dir, server_round, {k: v for k, v in state.items() if k.startswith("head.")}
-    )
+    save_own_head(client_dir, server_round, {k: v for k, v in state.items() if is_local(k)})
     metrics: dict[str, int | float | list[int] | list[float]] = {
         "num-examples": len(dataset),
         "train-loss": float(np.mean(losses)),

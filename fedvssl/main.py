@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedvssl.data.errors import DataError
 
 if TYPE_CHECKING:
+    from CtP.pretext import Pretext
     from fedvssl.client_app import ClientSettings
     from fedvssl.evaluation import RoundEvaluation
     from fedvssl.server_app import ServerSettings
@@ -60,9 +61,8 @@ def ensure_dataset(dataset: dict[str, Any], data_dir: str, pool_size: int) -> No
     )
 
 
-def server_settings(cfg: dict[str, Any], run_dir: str) -> ServerSettings:
+def server_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> ServerSettings:
     """Read the server's settings from the composed config."""
-    from CtP.recipe import recipe_from_mapping
     from fedvssl.server_app import ServerSettings
     from fedvssl.strategy_config import resolve_strategy
 
@@ -75,7 +75,7 @@ def server_settings(cfg: dict[str, Any], run_dir: str) -> ServerSettings:
         seed=int(cfg["seed"]),
         width=int(cfg["model"]["width"]),
         clip_len=int(cfg["clip_len"]),
-        head_init=recipe_from_mapping(cfg["ctp"]).head_init,
+        pretext=pretext,
         resume=bool(cfg["resume"]),
         evaluate_every=int(cfg["evaluate_every"]),
         round_timeout=float(cfg["round_timeout"]),
@@ -83,9 +83,8 @@ def server_settings(cfg: dict[str, Any], run_dir: str) -> ServerSettings:
     )
 
 
-def client_settings(cfg: dict[str, Any], run_dir: str) -> ClientSettings:
+def client_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> ClientSettings:
     """Read the clients' settings from the composed config."""
-    from CtP.recipe import recipe_from_mapping
     from fedvssl.client_app import ClientSettings
 
     dataset, optimizer = cfg["dataset"], cfg["optimizer"]
@@ -112,7 +111,7 @@ def client_settings(cfg: dict[str, Any], run_dir: str) -> ClientSettings:
         log_interval=int(cfg["log_interval"]),
         progress=bool(cfg["progress"]),
         num_threads=max(1, int(cfg["client_resources"]["num_cpus"])),
-        recipe=recipe_from_mapping(cfg["ctp"]),
+        pretext=pretext,
     )
 
 
@@ -152,14 +151,17 @@ def check_config(cfg: dict[str, Any]) -> None:
 
 def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
     """Run the federated pre-training; returns the last round's mean client loss."""
+    from CtP.pretext import pretext_from_mapping
     from fedvssl.client_app import make_client_app
-    from fedvssl.server_app import RunStateError, make_server_app
+    from fedvssl.server_app import RunStateError, make_server_app, resumable_state
     from fedvssl.simulation import simulate
 
     check_config(cfg)
-    server = server_settings(cfg, run_dir)
+    pretext = pretext_from_mapping(cfg["pretext"], cfg["ctp"])
+    server = server_settings(cfg, run_dir, pretext)
     ensure_dataset(cfg["dataset"], cfg["data_dir"], server.pool_size)
-    clients = client_settings(cfg, run_dir)
+    clients = client_settings(cfg, run_dir, pretext)
+    resumable_state(server)  # a run folder that does not fit: one line, before Ray starts
     evaluate_fn = None
     if server.evaluate_every > 0:
         from fedvssl.evaluation import make_round_evaluator  # torch-heavy: only when asked for
@@ -168,9 +170,9 @@ def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
     sink: dict[str, Any] = {}
     resources = cfg["client_resources"]
     logger.info(
-        "FedVSSL (%s, alpha %.2f, beta %.2f): %d clients, %d rounds, %s data in %s",
-        server.strategy.name, server.strategy.alpha, server.strategy.beta, server.pool_size,
-        server.rounds, cfg["dataset"]["name"], cfg["dataset"]["root"],
+        "FedVSSL (%s pretext, %s, alpha %.2f, beta %.2f): %d clients, %d rounds, %s data in %s",
+        pretext.name, server.strategy.name, server.strategy.alpha, server.strategy.beta,
+        server.pool_size, server.rounds, cfg["dataset"]["name"], cfg["dataset"]["root"],
     )  # fmt: skip
     simulate(
         make_server_app(server, evaluate_fn=evaluate_fn, history_config=cfg, sink=sink),

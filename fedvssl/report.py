@@ -57,6 +57,7 @@ class Setting:
     alpha: float | None = None
     beta: float | None = None
     seeds: list[int] = field(default_factory=list)
+    pretext: str | None = None  # the pre-training's pretext (None: not pre-trained here)
 
 
 def cell_dir(work: Path, kind: str, label: str, args: list[str]) -> Path:
@@ -120,6 +121,10 @@ def settings(cfg: dict[str, Any]) -> list[Setting]:
             raise ReportError(f"unknown dataset {name!r}; the datasets are {sorted(known)}")
     if not cfg["downstream"]:
         raise ReportError("downstream is empty: name at least one dataset, e.g. [synthetic]")
+    pretexts = {p.stem for p in (CONF / "pretext").glob("*.yaml")}
+    for name in cfg.get("pretexts", ["ctp"]):
+        if name not in pretexts:
+            raise ReportError(f"unknown pretext {name!r}; the pretexts are {sorted(pretexts)}")
     rows = checkpoint_settings(cfg["checkpoints"]) if cfg["checkpoints"] else sweep_settings(cfg)
     if cfg["random"]:
         rows.append(Setting("random init", None))
@@ -129,18 +134,28 @@ def settings(cfg: dict[str, Any]) -> list[Setting]:
 
 
 def sweep_settings(cfg: dict[str, Any]) -> list[Setting]:
-    """Return one row per (alpha, beta) of the grid, then plain FedAvg."""
+    """Return, per pretext, one row per (alpha, beta) of the grid, then plain FedAvg."""
     grid = [(float(a), float(b)) for a in cfg["grid"]["alpha"] for b in cfg["grid"]["beta"]]
     if not grid and not cfg["fedavg"]:
         raise ReportError("the grid is empty and fedavg=false: there is nothing to pre-train")
-    reported = {(e.alpha, e.beta): e for e in MANIFEST}  # the paper's row of the same setting
-    rows = [
-        Setting(f"alpha={a:g} beta={b:g}", [f"strategy.alpha={a}", f"strategy.beta={b}"],
-                published=reported.get((a, b)), alpha=a, beta=b)
-        for a, b in grid
-    ]  # fmt: skip
-    if cfg["fedavg"]:
-        rows.append(Setting("FedAvg", ["strategy=fedavg"]))
+    pretexts = [str(p) for p in cfg.get("pretexts", ["ctp"])]
+    # the paper's row of the same setting: the published checkpoints are all CtP's
+    reported = {("ctp", e.alpha, e.beta): e for e in MANIFEST}
+    rows = []
+    for pretext in pretexts:
+        prefix = f"{pretext} " if pretexts != ["ctp"] else ""
+        rows += [
+            Setting(f"{prefix}alpha={a:g} beta={b:g}",
+                    [f"pretext={pretext}", f"strategy.alpha={a}", f"strategy.beta={b}"],
+                    published=reported.get((pretext, a, b)), alpha=a, beta=b, pretext=pretext)
+            for a, b in grid
+        ]  # fmt: skip
+        if cfg["fedavg"]:
+            rows.append(
+                Setting(
+                    f"{prefix}FedAvg", [f"pretext={pretext}", "strategy=fedavg"], pretext=pretext
+                )
+            )
     return rows
 
 
@@ -193,7 +208,7 @@ def run_row(cfg: dict[str, Any], row: Setting) -> Row:
                 continue
         entry["evaluation"] = evaluate(cfg, row, seed, checkpoint)
         per_seed.append(entry)
-    return Row(row.label, row.alpha, row.beta, row.published, per_seed)
+    return Row(row.label, row.alpha, row.beta, row.published, per_seed, row.pretext)
 
 
 def report(cfg: dict[str, Any]) -> dict[str, Any]:

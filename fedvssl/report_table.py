@@ -1,12 +1,12 @@
 """The report's table: rows of per-seed cell results, summarised into Markdown, JSON and a plot.
 
-One row per setting. Columns: the pre-training's last-round loss over the trivial loss (rows
-pre-trained here), then per downstream dataset R@1, R@5, fine-tuned top-1 and top-5 (mean ± std
-over seeds), and the row's wall time (its cells' seconds, summed). For published checkpoints on
-UCF-101 and HMDB-51 the numbers the original reports for that checkpoint (or, for a setting
-pre-trained here, for the published checkpoint of the same alpha and beta) stand beside ours,
-with the difference. A
-failed cell shows as ``failed`` and its reason is listed under the table.
+One row per setting. Columns: the pretext (when the report pre-trains with more than CtP), the
+pre-training's last-round loss over the trivial loss (rows pre-trained here), then per downstream
+dataset R@1, R@5, fine-tuned top-1 and top-5 (mean ± std over seeds), and the row's wall time (its
+cells' seconds, summed). For published checkpoints on UCF-101 and HMDB-51 the numbers the original
+reports for that checkpoint (or, for a setting pre-trained here, for the published checkpoint of
+the same alpha and beta) stand beside ours, with the difference. A failed cell shows as
+``failed`` and its reason is listed under the table.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Row:
     beta: float | None
     published: Published | None
     seeds: list[dict[str, Any]]
+    pretext: str | None = None  # the pre-training's pretext (None: not pre-trained here)
 
     def values(self, dataset: str, metric: str) -> list[float]:
         """Return the metric's value for every seed whose cell finished."""
@@ -96,12 +97,14 @@ def markdown(rows: list[Row], downstream: list[str]) -> str:
     """Return the table in Markdown, failures listed under it."""
     metrics = {d: [m for m in METRICS if any(r.values(d, m) for r in rows)] or ["R@1"]
                for d in downstream}  # fmt: skip
-    header = ["setting", "ratio to trivial"]
+    with_pretext = any(r.pretext not in (None, "ctp") for r in rows)
+    header = ["setting", *(["pretext"] * with_pretext), "ratio to trivial"]
     header += [f"{d} {m}" for d in downstream for m in metrics[d]] + ["wall time"]
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for row in rows:
         pretrained = any("pretraining" in s for s in row.seeds)
-        cells = [row.label, _fmt(mean_std(row.ratios()), len(row.seeds) * pretrained)]
+        cells = [row.label, *([row.pretext or "-"] * with_pretext)]
+        cells.append(_fmt(mean_std(row.ratios()), len(row.seeds) * pretrained))
         for d in downstream:
             for m in metrics[d]:
                 text = _fmt(mean_std(row.values(d, m)), len(row.seeds))
@@ -147,7 +150,7 @@ def write_report(rows: list[Row], downstream: list[str], work: Path) -> dict[str
         "downstream": downstream,
         "computed": sum(c.get("computed", False) for r in rows for _, c in r.cells()),
         "rows": [
-            {"label": r.label, "alpha": r.alpha, "beta": r.beta,
+            {"label": r.label, "pretext": r.pretext, "alpha": r.alpha, "beta": r.beta,
              "compared_with": r.published.name if r.published else None,
              "summary": summarise(r, downstream), "seeds": r.seeds, "errors": r.errors()}
             for r in rows

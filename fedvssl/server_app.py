@@ -1,4 +1,4 @@
-"""The FedVSSL ServerApp: rounds of sampling, local CtP training, aggregation and checkpoints.
+"""The FedVSSL ServerApp: rounds of sampling, local pretext training, aggregation, checkpoints.
 
 Every round: the strategy samples clients (reproducibly, by partition), sends the global arrays,
 aggregates the replies (FedVSSL: alpha/beta mix; see :mod:`fedvssl.strategy`), then the server
@@ -29,7 +29,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from CtP.ctp import HeadInit, build_ctp
+from CtP.pretext import Pretext
 from fedvssl.checkpoints import (
     latest_round_checkpoint,
     load_global_checkpoint,
@@ -60,7 +60,7 @@ class ServerSettings:
     seed: int
     width: int
     clip_len: int
-    head_init: HeadInit  # the CtP head's initialisation (conf/ctp/)
+    pretext: Pretext  # the pretext task (conf/pretext/, conf/ctp/): builds the initial model
     resume: bool
     evaluate_every: int
     round_timeout: float
@@ -72,13 +72,28 @@ class ServerSettings:
         return Path(self.run_dir) / "fedvssl_results"
 
 
-def initial_state(
-    width: int, clip_len: int, seed: int, head_init: HeadInit = "reference"
-) -> dict[str, np.ndarray]:
-    """Build the seeded random CtP model every run starts from (reference §5.3.9: seed 7)."""
+def initial_state(pretext: Pretext, width: int, clip_len: int, seed: int) -> dict[str, np.ndarray]:
+    """Build the seeded random pretext model every run starts from (reference §5.3.9: seed 7)."""
     torch.manual_seed(seed)
-    model = build_ctp(width=width, clip_len=clip_len, head_init=head_init)
+    model = pretext.build_model(width=width, clip_len=clip_len)
     return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def check_resumed_state(
+    path: Path, state: dict[str, np.ndarray], expected: dict[str, np.ndarray], pretext: str
+) -> None:
+    """Refuse a checkpoint whose entries are not those of this run's pretext model."""
+    mismatch = [
+        k for k in expected.keys() | state.keys()
+        if k not in state or k not in expected or state[k].shape != expected[k].shape
+    ]  # fmt: skip
+    if mismatch:
+        head = sorted(k for k in state if not k.startswith("backbone."))
+        raise RunStateError(
+            f"{path} does not hold this run's {pretext} model (first mismatch: {min(mismatch)}; "
+            f"its head: {', '.join(head[:2]) or 'none'}): resume with the pretext and model.width "
+            "it was made with, or choose another hydra.run.dir"
+        )
 
 
 def to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
@@ -111,30 +126,50 @@ def discover_partitions(grid: Grid, pool_size: int, timeout: float) -> dict[int,
     return {node: int(cast(int, metrics["partition-id"])) for node, metrics in ids.items()}
 
 
+def resumable_state(settings: ServerSettings) -> tuple[int, dict[str, np.ndarray]] | None:
+    """Return the last complete round and its global model, or None to start afresh.
+
+    Raises
+    ------
+    RunStateError
+        If the folder holds rounds but ``resume`` is off, or its model is not this run's (another
+        pretext or width). :mod:`fedvssl.main` calls this before starting the simulation, so the
+        error is one line.
+    """
+    latest = latest_round_checkpoint(settings.results_dir)
+    if latest is not None and not settings.resume:
+        raise RunStateError(
+            f"{settings.results_dir} already holds round checkpoints: pass resume=true to "
+            "continue that run, or choose another hydra.run.dir"
+        )
+    if latest is None:
+        return None
+    last_round, path = latest
+    state = load_global_checkpoint(path)
+    fresh = initial_state(settings.pretext, settings.width, settings.clip_len, settings.seed)
+    check_resumed_state(path, state, fresh, settings.pretext.name)
+    return last_round, state
+
+
 def start_point(
     settings: ServerSettings, history_config: dict[str, Any]
 ) -> tuple[int, dict[str, np.ndarray], History]:
     """Find where the run starts: round 1, or after the last complete round."""
-    results = settings.results_dir
-    results.mkdir(parents=True, exist_ok=True)
+    settings.results_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = Path(settings.run_dir) / "metrics.json"
-    latest = latest_round_checkpoint(results)
-    if latest is not None and not settings.resume:
-        raise RunStateError(
-            f"{results} already holds round checkpoints: pass resume=true to continue that run, "
-            "or choose another hydra.run.dir"
-        )
-    if latest is None:
+    resumed = resumable_state(settings)
+    if resumed is None:
         if settings.resume:
             logger.warning(
-                "resume=true but %s holds no complete round: starting at round 1", results
+                "resume=true but %s holds no complete round: starting at round 1",
+                settings.results_dir,
             )
-        state = initial_state(settings.width, settings.clip_len, settings.seed, settings.head_init)
+        state = initial_state(settings.pretext, settings.width, settings.clip_len, settings.seed)
         return 1, state, History(metrics_path, history_config)
-    last_round, path = latest
-    logger.info("resuming after round %d from %s", last_round, path)
+    last_round, state = resumed
+    logger.info("resuming after round %d from %s", last_round, settings.results_dir)
     history = History.resume(metrics_path, history_config, last_round)
-    return last_round + 1, load_global_checkpoint(path), history
+    return last_round + 1, state, history
 
 
 def round_record(

@@ -476,9 +476,34 @@ def test_wrong_shape_names_the_first_offending_entry(tmp_path: Path) -> None:
         load_backbone_state(tmp_path / "round-1-weights.array.npz")
 
 
+@pytest.mark.parametrize(
+    ("head", "pretext"),
+    [
+        ([(512, 1024), (512,), (6, 1536), (6,)], "vcop"),  # head.fc1, head.fc2: 124 arrays
+        ([(7, 512), (7,)], "speed"),  # head.fc_cls: 122 arrays
+    ],
+)
+def test_other_pretexts_published_lists_give_their_backbone(
+    published: list[np.ndarray],
+    head: list[tuple[int, ...]],
+    pretext: str,
+    tmp_path: Path,
+    old_flwr: type,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The authors' VCOP and Speed FL models, in the research code's layout (with metrics)."""
+    arrays = published[:120] + [np.full(shape, -1.0, dtype=np.float32) for shape in head]
+    path = tmp_path / "round-540-weights.npy.npz"
+    record = old_flwr(tensors=npy_blobs(arrays), tensor_type="numpy.ndarray")
+    savez_like_the_original(path, record, {"loss": 0.5})
+    with caplog.at_level(logging.INFO, logger="fedvssl.checkpoints"):
+        assert_known_backbone(load_backbone_state(path), 64)
+    assert any(f"a {pretext} model" in r.getMessage() for r in caplog.records)
+
+
 def test_wrong_count_and_missing_entries(tmp_path: Path) -> None:
     np.savez(tmp_path / "short.npz", object_list(known_arrays(16)[:125]))
-    with pytest.raises(CheckpointError, match="holds 125 arrays, expected 126"):
+    with pytest.raises(CheckpointError, match=r"holds 125 arrays, expected 126 \(CtP"):
         load_backbone_state(tmp_path / "short.npz")
     state = our_state(16)
     del state["backbone.layer3.1.bn1.bias"]

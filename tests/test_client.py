@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from CtP.pretext import Pretext
+from CtP.recipe import CtPRecipe
+from CtP.speed import SpeedRecipe
+from CtP.vcop import VCOPRecipe
 from fedvssl.client_app import (
     ClientSettings,
     head_files,
@@ -32,25 +36,30 @@ def settings_for(data_dir: Path, results: Path) -> ClientSettings:
     )  # fmt: skip
 
 
-def global_model(seed: int) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v) for k, v in initial_state(16, 8, seed).items()}
+def global_model(seed: int, pretext: Pretext | None = None) -> dict[str, torch.Tensor]:
+    state = initial_state(pretext or CtPRecipe(), 16, 8, seed)
+    return {k: torch.from_numpy(v) for k, v in state.items()}
 
 
+@pytest.mark.parametrize("pretext", [CtPRecipe(), VCOPRecipe(), SpeedRecipe()], ids=str)
 def test_client_keeps_its_head_while_its_backbone_follows_the_global_model(
-    synthetic_data_dir: Path, tmp_path: Path
+    synthetic_data_dir: Path, tmp_path: Path, pretext: Pretext
 ) -> None:
-    settings = settings_for(synthetic_data_dir, tmp_path / "results")
-    first_global, second_global = global_model(1), global_model(2)
+    settings = replace(settings_for(synthetic_data_dir, tmp_path / "results"), pretext=pretext)
+    first_global, second_global = global_model(1, pretext), global_model(2, pretext)
+    head_weight = next(k for k in first_global if k.startswith("head.") and k.endswith("weight"))
 
     after_first, metrics = train_locally(settings, 0, 1, first_global, partial=True)
     assert metrics["partition-id"] == 0 and int(metrics["num-examples"]) > 0  # type: ignore[arg-type]
     assert torch.isfinite(torch.tensor(metrics["train-loss"]))
+    assert float(metrics["trivial-loss"]) > 0  # type: ignore[arg-type]
     # round 1: the client starts from the whole global model, so its head trained away from it
-    assert not torch.equal(after_first["head.fc1.weight"], first_global["head.fc1.weight"])
+    assert not torch.equal(after_first[head_weight], first_global[head_weight])
 
     # round 2 with lr 0: the weights the client trained from are exactly what it returns
     frozen = replace(settings, lr=0.0, momentum=0.0, weight_decay=0.0)
     after_second, _ = train_locally(frozen, 0, 2, second_global, partial=True)
+    assert list(after_second) == list(second_global)
     for key, value in after_second.items():
         if key.startswith("head."):
             torch.testing.assert_close(value, after_first[key], rtol=0, atol=0, msg=key)

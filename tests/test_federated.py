@@ -2,12 +2,13 @@
 
 Each run is a separate process (as a user runs it): 2 clients, a width-16 model on 8-frame 32 px
 clips. Checked: checkpoints, client logs, metrics, the plot, resume after a kill, a two-job
-multirun, a failing client, and the one-line errors.
+multirun, a failing client, the VCOP and Speed pretexts, and the one-line errors.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fedvssl.checkpoints import load_global_checkpoint
 
@@ -102,6 +104,38 @@ def test_two_rounds_write_checkpoints_logs_and_metrics(
     ratio = last["train_loss"] / last["trivial_loss"]
     assert done.stdout.count("round 2/2: loss") == 1
     assert f"({ratio:.2f} of trivial)" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("pretext", "entries", "classes", "other"),
+    [("vcop", 124, 6, "speed"), ("speed", 122, 7, "ctp")],
+)
+def test_other_pretexts_train_two_rounds_with_the_same_strategy(
+    synthetic_data_dir: Path, tmp_path: Path, pretext: str, entries: int, classes: int, other: str
+) -> None:
+    run_dir = tmp_path / "run"
+    done = run_main(run_dir, synthetic_data_dir, f"pretext={pretext}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"FedVSSL ({pretext} pretext, fedvssl," in done.stdout
+
+    state = checkpoint(run_dir, 2)
+    assert len(state) == entries and list(state)[:120] == list(checkpoint(run_dir, 1))[:120]
+    assert all(k.startswith(("backbone.", "head.")) for k in state)
+    for client in (1, 2):  # partial update: each client keeps its own head on disk
+        client_dir = run_dir / "fedvssl_results" / f"client{client}"
+        head = torch.load(client_dir / "head-round-2.pt", weights_only=True)
+        assert sorted(head) == sorted(k for k in state if k.startswith("head."))
+        log = next(client_dir.glob("*.log.json")).read_text().splitlines()[0]
+        assert {"loss_cls", "accuracy", "trivial_loss"} <= set(json.loads(log))
+    last = json.loads((run_dir / "metrics.json").read_text())["rounds"][-1]
+    assert last["trivial_loss"] == pytest.approx(math.log(classes))
+    assert f"({last['train_loss'] / last['trivial_loss']:.2f} of trivial)" in done.stdout
+
+    # the folder's model is this pretext's: resuming it as another is one clear line
+    wrong = run_main(run_dir, synthetic_data_dir, f"pretext={other}", "resume=true")
+    assert wrong.returncode == 2
+    errors = [line for line in wrong.stdout.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"does not hold this run's {other} model" in errors[0]
 
 
 def test_killed_run_resumes_to_the_same_final_checkpoint(

@@ -68,6 +68,7 @@ def test_two_by_one_grid_end_to_end_then_nothing_new(
     ("overrides", "message"),
     [
         (["downstream=[nosuchset]"], "unknown dataset 'nosuchset'"),
+        (["pretexts=[rotation]"], "unknown pretext 'rotation'"),
         (["checkpoints=[/no/such/file.npz]"], "/no/such/file.npz does not exist"),
         (["grid.alpha=[]", "fedavg=false"], "the grid is empty"),
         (["checkpoints=[published:nope]"], "no published checkpoint is called 'nope'"),
@@ -122,6 +123,22 @@ def test_table_puts_reported_numbers_beside_ours() -> None:
 def test_sweep_rows_are_compared_with_the_published_setting() -> None:
     rows = sweep_settings({"grid": {"alpha": [0.9, 0.5], "beta": [1.0]}, "fedavg": True})
     assert [r.label for r in rows] == ["alpha=0.9 beta=1", "alpha=0.5 beta=1", "FedAvg"]
-    assert rows[0].pretrain == ["strategy.alpha=0.9", "strategy.beta=1.0"]
+    assert rows[0].pretrain == ["pretext=ctp", "strategy.alpha=0.9", "strategy.beta=1.0"]
     assert rows[0].published is not None and rows[0].published.name == "fedvssl-a0.9-b1"
-    assert rows[1].published is None and rows[2].pretrain == ["strategy=fedavg"]
+    assert rows[1].published is None and rows[2].pretrain == ["pretext=ctp", "strategy=fedavg"]
+
+
+def test_pretexts_multiply_the_rows_and_make_a_column() -> None:
+    cfg = {"grid": {"alpha": [0.9], "beta": [1.0]}, "fedavg": False, "pretexts": ["ctp", "vcop"]}
+    rows = sweep_settings(cfg)
+    assert [(r.label, r.pretext) for r in rows] == [
+        ("ctp alpha=0.9 beta=1", "ctp"), ("vcop alpha=0.9 beta=1", "vcop"),
+    ]  # fmt: skip
+    assert rows[1].pretrain is not None and rows[1].pretrain[0] == "pretext=vcop"
+    assert rows[0].published is not None and rows[1].published is None  # published: CtP only
+    seed = {"seed": 7, "pretraining": {"ratio": 0.5}, "evaluation": {"synthetic": {"R@1": 20.0}}}
+    table = markdown(
+        [Row(r.label, r.alpha, r.beta, None, [seed], r.pretext) for r in rows], ["synthetic"]
+    ).splitlines()
+    assert table[0].startswith("| setting | pretext | ratio to trivial | synthetic R@1 |")
+    assert table[3].startswith("| vcop alpha=0.9 beta=1 | vcop | 0.50 | 20.00 |")
