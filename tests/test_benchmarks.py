@@ -213,3 +213,24 @@ def test_lever_sweep_undoes_one_departure_at_a_time() -> None:
         else:
             assert getattr(recipe.patch, undone) != getattr(marked.patch, undone)
             assert recipe.head_init == marked.head_init
+
+
+def test_pretext_learning_report(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "pretexts.json"
+    tiny = "model.width=8 clip_len=8 crop_size=32 batch_size=2"
+    root = str(synthetic_data_dir / "synthetic")
+    run(
+        "-m", "benchmarks.pretext_learning", "--dataset-root", root,
+        "--steps", "4", "--window", "2", "--threads", "1", "--output", str(output),
+        "--runs", f"pretext=speed {tiny}", f"pretext=vcop optimizer.lr=0.01 {tiny}",
+    )  # fmt: skip
+    report = json.loads(output.read_text())
+    assert report["benchmark"] == "pretext_learning"
+    runs = report["runs"]
+    assert [r["overrides"][0] for r in runs] == ["pretext=speed", "pretext=vcop"]
+    assert runs[1]["overrides"][1] == "optimizer.lr=0.01"
+    for entry in runs:
+        assert [w["step"] for w in entry["windows"]] == [2, 4]
+        for window in entry["windows"]:
+            assert 0.0 < window["ratio"] < 10.0 and 0.0 <= window["accuracy"] <= 1.0
+            assert window["backbone_grad"] > 0

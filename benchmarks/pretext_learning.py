@@ -1,0 +1,132 @@
+r"""Does a pretext learn? Its loss against its trivial loss, per window of SGD steps, centrally.
+
+Trains one model per run (no federation) on a prepared dataset, from the same seed, and records
+per window of steps:
+
+- ``ratio``: the mean loss over the mean trivial loss on the same batches (CtP: predicting
+  "nothing moves"; VCOP and Speed: uniform scores, ln of the number of classes); 1 means nothing
+  has been learned, above 1 the head is confidently wrong;
+- ``accuracy`` (VCOP, Speed): the fraction of samples whose order or stride is guessed right;
+- ``backbone_grad``: the L2 norm of the backbone's gradient before clipping.
+
+A run is a list of ``fedvssl.main`` overrides (the pretext, its options, the learning rate), so
+each is exactly what the federated clients would train, with the model, clips and optimiser of
+the composed config:
+
+    python -m benchmarks.pretext_learning --steps 250 \\
+        --runs "pretext=speed" "pretext=speed optimizer.lr=0.001" "pretext=vcop"
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks import machine_info, write_report
+from CtP.datasets import ZipFrameSource, load_annotations
+from CtP.pretext import pretext_from_mapping
+from CtP.train import build_optimizer, make_loader, training_loss
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def composed(overrides: list[str]) -> dict[str, Any]:
+    """Return the ``fedvssl.main`` config with ``overrides``, as plain values."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="base", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def _grad_norm(module: nn.Module) -> float:
+    grads = [p.grad.detach().flatten() for p in module.parameters() if p.grad is not None]
+    return float(torch.cat(grads).norm()) if grads else 0.0
+
+
+def train_run(cfg: dict[str, Any], root: Path, steps: int, window: int, seed: int) -> list[dict]:
+    """Train the composed config's pretext centrally; return one record per window of steps."""
+    pretext = pretext_from_mapping(cfg["pretext"], cfg["ctp"])
+    width, clip_len, crop = int(cfg["model"]["width"]), int(cfg["clip_len"]), int(cfg["crop_size"])
+    torch.manual_seed(seed)
+    model = pretext.build_model(width=width, clip_len=clip_len).train()
+    backbone: nn.Module = model.backbone  # type: ignore[assignment]
+    optimizer_cfg = cfg["optimizer"]
+    optimizer = build_optimizer(
+        model, lr=float(optimizer_cfg["lr"]), momentum=float(optimizer_cfg["momentum"]),
+        weight_decay=float(optimizer_cfg["weight_decay"]),
+    )  # fmt: skip
+    dataset = pretext.dataset(
+        load_annotations(root / cfg["dataset"]["train_annotations"]), ZipFrameSource(root),
+        clip_len=clip_len, crop_size=crop, seed=seed,
+    )  # fmt: skip
+    records, current, started, step, epoch = [], [], time.perf_counter(), 0, 0
+    while step < steps:
+        dataset.set_epoch(epoch)
+        for batch in make_loader(dataset, batch_size=int(cfg["batch_size"]), seed=seed + epoch):
+            batch.pop("skipped", None)
+            losses = model(**batch)
+            loss = training_loss(losses)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad = _grad_norm(backbone)
+            nn.utils.clip_grad_norm_(model.parameters(), float(optimizer_cfg["grad_clip"]))
+            optimizer.step()
+            accuracy = losses.get("accuracy", torch.tensor(np.nan))
+            current.append((float(loss.detach()), float(losses["trivial_loss"]),
+                            float(accuracy.detach()), grad))  # fmt: skip
+            step += 1
+            if step % window == 0 or step == steps:
+                values = np.array(current)
+                accuracies = values[:, 2]  # NaN for CtP, which has none
+                records.append({
+                    "step": step, "ratio": float(values[:, 0].mean() / values[:, 1].mean()),
+                    "accuracy": None if np.isnan(accuracies).all() else float(accuracies.mean()),
+                    "backbone_grad": float(values[:, 3].mean()),
+                    "seconds": time.perf_counter() - started,
+                })  # fmt: skip
+                print(f"  step {step}: ratio {records[-1]['ratio']:.3f}", flush=True)
+                current = []
+            if step >= steps:
+                break
+        epoch += 1
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--runs", nargs="+", default=["pretext=ctp", "pretext=vcop", "pretext=speed"],
+        help="one quoted list of fedvssl.main overrides per run",
+    )  # fmt: skip
+    parser.add_argument("--dataset-root", type=Path, default=Path("data/synthetic"))
+    parser.add_argument("--steps", type=int, default=250, help="the default run's steps per client")
+    parser.add_argument("--window", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    report: dict[str, Any] = {"benchmark": "pretext_learning", "machine": machine_info(),
+                              "steps": args.steps, "runs": []}  # fmt: skip
+    for run in args.runs:
+        overrides = run.split()
+        print(f"{run}:", flush=True)
+        windows = train_run(composed(overrides), args.dataset_root, args.steps, args.window,
+                            args.seed)  # fmt: skip
+        report["runs"].append({"overrides": overrides, "windows": windows})
+        write_report(report, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
