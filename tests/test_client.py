@@ -41,7 +41,9 @@ def global_model(seed: int, pretext: Pretext | None = None) -> dict[str, torch.T
     return {k: torch.from_numpy(v) for k, v in state.items()}
 
 
-@pytest.mark.parametrize("pretext", [CtPRecipe(), VCOPRecipe(), SpeedRecipe()], ids=str)
+@pytest.mark.parametrize(
+    "pretext", [CtPRecipe(), VCOPRecipe(), SpeedRecipe()], ids=["ctp", "vcop", "speed"]
+)
 def test_client_keeps_its_head_while_its_backbone_follows_the_global_model(
     synthetic_data_dir: Path, tmp_path: Path, pretext: Pretext
 ) -> None:
