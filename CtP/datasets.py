@@ -237,7 +237,7 @@ class CtPDataset(SkippingDataset):
         Where frames come from.
     augmentation
         ``(frames, rng) -> {"imgs": [3,T,S,S], "gt_trajs": [N,T,4], ...}``, e.g.
-        :class:`CtP.transforms.CtPAugmentation`.
+        :class:`CtP.ctp_augmentation.CtPAugmentation`.
     clip_len
         Frames per clip (reference: 16).
     strides

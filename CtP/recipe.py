@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from CtP.ctp import HEAD_INITS, CtP, HeadInit, build_ctp
+from CtP.ctp_augmentation import CtPAugmentation
 from CtP.datasets import Annotation, CtPDataset, FrameSource
 from CtP.patches import PatchMaskParams
-from CtP.transforms import CtPAugmentation
 
 PATCH_FIELDS = tuple(f.name for f in dataclasses.fields(PatchMaskParams))
 

@@ -1,4 +1,4 @@
-"""Clip-level transforms: the CtP pretext pipeline, fine-tuning augmentation and test transform.
+"""Clip-level transforms: fine-tuning augmentation, test transform and the clip operations.
 
 A clip is an RGB uint8 array ``[T, H, W, 3]``; every random choice is made once per clip (the
 same scale, crop, flip and colour change for all its frames, or a smooth key-frame schedule for
@@ -6,9 +6,9 @@ the dynamic colour ops) and comes from the ``numpy.random.Generator`` passed in.
 OpenCV bilinear without antialiasing, as the reference. The output is a float32 tensor
 ``[3, T, S, S]`` normalised with the ImageNet mean and std.
 
-* :class:`CtPAugmentation`: pre-training (reference §3.2), with the :class:`PatchMask` targets.
-* :class:`FinetuneAugmentation`: fine-tuning (reference §7.1, train).
-* :class:`EvalTransform`: testing and retrieval (reference §7.1, §7.2).
+* :class:`FinetuneAugmentation`: fine-tuning (reference §7.1, train), and VCOP and Speed;
+* :class:`EvalTransform`: testing and retrieval (reference §7.1, §7.2);
+* the clip operations these and CtP's pipeline (:mod:`CtP.ctp_augmentation`) are made of.
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ import cv2
 import numpy as np
 import torch
 
-from CtP.patches import REFERENCE_CROP, PatchMask, PatchMaskParams
-from CtP.sampling import interpolate_keys, sample_key_frames
+from CtP.patches import REFERENCE_CROP
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # §3.2 step 8, RGB order
 IMAGENET_STD = (0.229, 0.224, 0.225)
-REFERENCE_PATCH_PARAMS = PatchMaskParams()  # §3.3, for the 112 reference crop
 
 
 def normalize_clip(frames: np.ndarray) -> torch.Tensor:
@@ -139,44 +137,19 @@ def adjust_hue_saturation(
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).reshape(num_frames, height, width, 3)
 
 
-def _add_clipped(frames: np.ndarray, offset: np.ndarray | float) -> np.ndarray:
+def add_clipped(frames: np.ndarray, offset: np.ndarray | float) -> np.ndarray:
     """``clip(frames + offset, 0, 255)`` as float32 (brightness)."""
     out = np.add(frames, offset, dtype=np.float32)
     return np.clip(out, 0, 255, out=out)
 
 
-def _multiply_clipped(frames: np.ndarray, factor: np.ndarray | float) -> np.ndarray:
+def multiply_clipped(frames: np.ndarray, factor: np.ndarray | float) -> np.ndarray:
     """``clip(frames * factor, 0, 255)`` as float32 (contrast)."""
     out = np.multiply(frames, factor, dtype=np.float32)
     return np.clip(out, 0, 255, out=out)
 
 
-def dynamic_schedule(
-    num_frames: int, delta: float, key_frame_probs: Sequence[float], rng: np.random.Generator
-) -> np.ndarray:
-    """Per-frame values: ``U(-delta, delta)`` at key frames, interpolated between (§3.2 6-7).
-
-    Parameters
-    ----------
-    num_frames
-        Clip length (at least 2).
-    delta
-        Magnitude of the key-frame values.
-    key_frame_probs
-        Probabilities of 0, 1, ... inner key frames.
-    rng
-        Random stream.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``[num_frames]`` float64, interpolated with the per-segment "random" scheme.
-    """
-    keys = sample_key_frames(num_frames, key_frame_probs, rng)
-    return interpolate_keys(rng.uniform(-delta, delta, size=len(keys)), keys, "random", rng)
-
-
-def _check_clip(frames: np.ndarray, min_frames: int) -> None:
+def check_clip(frames: np.ndarray, min_frames: int) -> None:
     """Raise one clear error unless ``frames`` is a uint8 RGB clip ``[T, H, W, 3]``."""
     if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3:
         shape = getattr(frames, "shape", None)
@@ -189,116 +162,11 @@ def _check_clip(frames: np.ndarray, min_frames: int) -> None:
         )
 
 
-def _scaled(value: float, crop_size: int) -> int:
+def scale_to_crop(value: float, crop_size: int) -> int:
     """Scale a size given for the 112-pixel reference crop to ``crop_size``."""
     if crop_size < 1:
         raise ValueError(f"crop_size must be a positive integer, got {crop_size}")
     return round(value * crop_size / REFERENCE_CROP)
-
-
-class CtPAugmentation:
-    """The CtP pre-training pipeline (reference §3.2), with the patch targets of §3.3.
-
-    Scale the short side, random crop, flip, paste patches, then hue/saturation, dynamic
-    brightness and dynamic contrast, and normalise. Sizes are given for the reference 112 crop
-    and scaled by ``crop_size / 112`` (the patch parameters too, see
-    :meth:`PatchMaskParams.for_crop`).
-
-    Parameters
-    ----------
-    crop_size
-        Side ``S`` of the output clip.
-    scales
-        Candidate short sides at the 112 reference (§3.2 step 1).
-    flip_prob
-        Horizontal flip probability (§3.2 step 3).
-    patch_params
-        PatchMask parameters at the 112 reference (§3.3).
-    hue_sat_prob, hue_delta, saturation_delta
-        Hue/saturation probability, hue shift bound (OpenCV units) and log-saturation bound
-        (§3.2 step 5).
-    brightness_prob, brightness_delta, brightness_key_frame_probs
-        Dynamic brightness: probability, offset bound, inner key-frame probabilities (step 6).
-    contrast_prob, contrast_delta, contrast_key_frame_probs
-        Dynamic contrast: probability, log-factor bound, inner key-frame probabilities (step 7).
-    """
-
-    def __init__(
-        self,
-        *,
-        crop_size: int = 112,
-        scales: Sequence[int] = (112, 128, 144),  # §3.2 step 1
-        flip_prob: float = 0.5,  # §3.2 step 3
-        patch_params: PatchMaskParams = REFERENCE_PATCH_PARAMS,  # §3.3
-        hue_sat_prob: float = 0.25,  # §3.2 step 5
-        hue_delta: float = 12.0,  # §3.2 step 5, OpenCV hue units (0..179)
-        saturation_delta: float = 0.1,  # §3.2 step 5, saturation x exp(U(-d, d))
-        brightness_prob: float = 0.5,  # §3.2 step 6
-        brightness_delta: float = 30.0,  # §3.2 step 6, additive
-        brightness_key_frame_probs: Sequence[float] = (0.7, 0.3),  # §3.2 step 6
-        contrast_prob: float = 0.5,  # §3.2 step 7
-        contrast_delta: float = 0.12,  # §3.2 step 7, factor exp(U(-d, d))
-        contrast_key_frame_probs: Sequence[float] = (0.7, 0.3),  # §3.2 step 7
-    ) -> None:
-        self.crop_size = crop_size
-        self.scales = tuple(_scaled(s, crop_size) for s in scales)
-        if not self.scales or min(self.scales) < crop_size:
-            raise ValueError(f"every scale must be at least 112 (the crop), got {tuple(scales)}")
-        self.flip_prob = flip_prob
-        self.patch_mask = PatchMask(patch_params.for_crop(crop_size))
-        self.hue_sat_prob, self.hue_delta = hue_sat_prob, hue_delta
-        self.saturation_delta = saturation_delta
-        self.brightness_prob, self.brightness_delta = brightness_prob, brightness_delta
-        self.brightness_key_frame_probs = tuple(brightness_key_frame_probs)
-        self.contrast_prob, self.contrast_delta = contrast_prob, contrast_delta
-        self.contrast_key_frame_probs = tuple(contrast_key_frame_probs)
-
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Augment one clip and make its CtP targets.
-
-        Parameters
-        ----------
-        frames
-            ``[T, H, W, 3]`` uint8 RGB clip, ``T >= 2``.
-        rng
-            Random stream.
-
-        Returns
-        -------
-        dict of torch.Tensor
-            ``imgs`` float32 ``[3, T, S, S]``; ``gt_trajs`` float32 ``[N, T, 4]``, the integer
-            boxes ``(x1, y1, x2, y2)`` in pixels of the crop; ``visible`` bool ``[N, T]``.
-        """
-        _check_clip(frames, min_frames=2)
-        short = self.scales[int(rng.integers(len(self.scales)))]
-        height, width = frames.shape[1:3]
-        clip = resize_clip(frames, *short_side_size(height, width, short))
-        clip = random_crop(clip, self.crop_size, rng)
-        if rng.random() < self.flip_prob:
-            clip = clip[:, :, ::-1]
-        pasted, boxes, visible = self.patch_mask(np.ascontiguousarray(clip), rng)
-        colour: np.ndarray = pasted  # [T, S, S, 3], float32 after brightness or contrast
-        if rng.random() < self.hue_sat_prob:
-            hue = rng.uniform(-self.hue_delta, self.hue_delta)
-            saturation = np.exp(rng.uniform(-self.saturation_delta, self.saturation_delta))
-            colour = adjust_hue_saturation(colour, hue, saturation)
-        num_frames = len(colour)
-        if rng.random() < self.brightness_prob:
-            offsets = dynamic_schedule(
-                num_frames, self.brightness_delta, self.brightness_key_frame_probs, rng
-            )
-            colour = _add_clipped(colour, offsets.astype(np.float32)[:, None, None, None])
-        if rng.random() < self.contrast_prob:
-            log_factors = dynamic_schedule(
-                num_frames, self.contrast_delta, self.contrast_key_frame_probs, rng
-            )
-            factors = np.exp(log_factors).astype(np.float32)[:, None, None, None]
-            colour = _multiply_clipped(colour, factors)
-        return {
-            "imgs": normalize_clip(colour),
-            "gt_trajs": torch.from_numpy(boxes.astype(np.float32)),
-            "visible": torch.from_numpy(visible),
-        }
 
 
 class FinetuneAugmentation:
@@ -339,7 +207,9 @@ class FinetuneAugmentation:
         saturation_delta: float = 0.1,  # §7.1, saturation x exp(U(-d, d))
     ) -> None:
         self.crop_size = crop_size
-        self.sizes = tuple((_scaled(w, crop_size), _scaled(h, crop_size)) for w, h in sizes)
+        self.sizes = tuple(
+            (scale_to_crop(w, crop_size), scale_to_crop(h, crop_size)) for w, h in sizes
+        )
         if not self.sizes or min(min(s) for s in self.sizes) < crop_size:
             raise ValueError(f"every size must be at least 112x112 (the crop), got {sizes}")
         self.flip_prob = flip_prob
@@ -363,7 +233,7 @@ class FinetuneAugmentation:
         torch.Tensor
             ``[3, T, S, S]`` float32.
         """
-        _check_clip(frames, min_frames=1)
+        check_clip(frames, min_frames=1)
         size = self.sizes[int(rng.integers(len(self.sizes)))]
         height, width = frames.shape[1:3]
         clip = resize_clip(frames, *fixed_size(height, width, size))
@@ -373,10 +243,10 @@ class FinetuneAugmentation:
         colour: np.ndarray = clip  # [T, S, S, 3]
         if rng.random() < self.brightness_prob:
             delta = rng.uniform(-self.brightness_delta, self.brightness_delta)
-            colour = _add_clipped(colour, float(delta))
+            colour = add_clipped(colour, float(delta))
         if rng.random() < self.contrast_prob:
             factor = np.exp(rng.uniform(-self.contrast_delta, self.contrast_delta))
-            colour = _multiply_clipped(colour, float(factor))
+            colour = multiply_clipped(colour, float(factor))
         if rng.random() < self.hue_sat_prob:
             hue = rng.uniform(-self.hue_delta, self.hue_delta)
             saturation = np.exp(rng.uniform(-self.saturation_delta, self.saturation_delta))
@@ -397,7 +267,7 @@ class EvalTransform:
 
     def __init__(self, *, crop_size: int = 112, size: tuple[int, int] = (171, 128)) -> None:
         self.crop_size = crop_size
-        self.size = (_scaled(size[0], crop_size), _scaled(size[1], crop_size))
+        self.size = (scale_to_crop(size[0], crop_size), scale_to_crop(size[1], crop_size))
         if min(self.size) < crop_size:
             raise ValueError(f"size must be at least 112x112 (the crop), got {size}")
 
@@ -414,7 +284,7 @@ class EvalTransform:
         torch.Tensor
             ``[3, T, S, S]`` float32.
         """
-        _check_clip(frames, min_frames=1)
+        check_clip(frames, min_frames=1)
         height, width = frames.shape[1:3]
         clip = resize_clip(frames, *fixed_size(height, width, self.size))
         return normalize_clip(center_crop(clip, self.crop_size))

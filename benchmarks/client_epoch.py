@@ -1,7 +1,7 @@
 """One client's local CtP epoch end to end, to see whether the data pipeline keeps the model fed.
 
 The client's own code path: :class:`CtP.datasets.CtPDataset` over frame zips with
-:class:`CtP.transforms.CtPAugmentation`, :func:`CtP.train.make_loader` (pinned memory on CUDA)
+:class:`CtP.ctp_augmentation.CtPAugmentation`, :func:`CtP.train.make_loader` (pinned memory on CUDA)
 and :func:`CtP.train.train_one_epoch` (bf16 autocast and ``channels_last_3d`` inputs on CUDA,
 unless ``--precision`` says otherwise). The model first takes a few untimed steps on random
 clips (kernel selection, allocator), then each worker count gets a fresh loader and one timed
@@ -32,9 +32,9 @@ from benchmarks import machine_info, pick_device, synchronize, write_report
 from benchmarks.pipeline import add_input_arguments, open_input, repeat_to
 from benchmarks.train_step import VARIANTS, random_batch
 from CtP.ctp import CtP, build_ctp
+from CtP.ctp_augmentation import CtPAugmentation
 from CtP.datasets import Annotation, CtPDataset, ZipFrameSource
 from CtP.train import build_optimizer, make_loader, train_one_epoch
-from CtP.transforms import CtPAugmentation
 
 PRECISIONS = ("fp32", "bf16", "bf16_cl")
 

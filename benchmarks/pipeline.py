@@ -2,7 +2,7 @@
 
 One sample is what a DataLoader worker does for the client: sample the clip's frame indices,
 decode its JPEGs from the video's zip (:class:`CtP.datasets.ZipFrameSource`) and run
-:class:`CtP.transforms.CtPAugmentation` (resize, crop, flip, patch pasting, colour, normalise).
+:class:`CtP.ctp_augmentation.CtPAugmentation` (resize, crop, flip, patches, colour, normalise).
 ``--workers 0`` times that in this process, with one OpenCV and one torch thread as in a worker,
 and splits it into decoding and augmentation; every other count times ``make_loader`` batches
 from that many worker processes (steady rate after the first wave of batches, and the wait for
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks import machine_info, write_report
+from CtP.ctp_augmentation import CtPAugmentation
 from CtP.datasets import (
     Annotation,
     CtPDataset,
@@ -44,7 +45,6 @@ from CtP.datasets import (
 )
 from CtP.sampling import random_clip_indices
 from CtP.train import make_loader
-from CtP.transforms import CtPAugmentation
 
 JPEG_QUALITY = 95  # as the real frame extraction (fedvssl/data/frames.py)
 UCF_LIKE_SPEC = "ucf_like.json"  # written last: a folder that has it holds a complete set

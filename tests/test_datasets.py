@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from CtP.ctp_augmentation import CtPAugmentation
 from CtP.datasets import (
     Annotation,
     ClipDataset,
@@ -21,7 +22,7 @@ from CtP.datasets import (
     open_frame_source,
 )
 from CtP.train import make_loader
-from CtP.transforms import CtPAugmentation, EvalTransform, FinetuneAugmentation
+from CtP.transforms import EvalTransform, FinetuneAugmentation
 
 
 def first_frames(n: int) -> np.ndarray:

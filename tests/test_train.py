@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from CtP.ctp import build_ctp
+from CtP.ctp_augmentation import CtPAugmentation
 from CtP.datasets import CtPDataset, VideoFileSource, ZipFrameSource, load_annotations
 from CtP.train import build_optimizer, make_loader, predict_videos, train_one_epoch
-from CtP.transforms import CtPAugmentation
 
 LOG_KEYS = {
     "mode", "epoch", "iter", "lr", "time", "data_time", "loss", "loss_ctr", "loss_size",

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from CtP.ctp_augmentation import CtPAugmentation, dynamic_schedule
 from CtP.patches import PatchMaskParams
 from CtP.transforms import (
-    CtPAugmentation,
     EvalTransform,
     FinetuneAugmentation,
     adjust_hue_saturation,
-    dynamic_schedule,
     fixed_size,
     normalize_clip,
     short_side_size,
