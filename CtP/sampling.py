@@ -32,6 +32,11 @@ def _check_positive(**values: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value}")
 
 
+def random_start(num_frames: int, span: int, rng: np.random.Generator) -> int:
+    """Draw where a clip spanning ``span`` frames starts: uniform, or 0 if the video is shorter."""
+    return 0 if span >= num_frames else int(rng.integers(0, num_frames - span + 1))
+
+
 def random_clip_indices(
     num_frames: int,
     clip_len: int,
@@ -72,8 +77,7 @@ def random_clip_indices(
         jitter = rng.integers(0, stride, size=clip_len)
     else:
         jitter = np.zeros(clip_len, dtype=np.int64)
-    span = stride * (clip_len - 1) + 1
-    start = 0 if span >= num_frames else int(rng.integers(0, num_frames - span + 1))
+    start = random_start(num_frames, stride * (clip_len - 1) + 1, rng)
     indices = start + stride * np.arange(clip_len) + jitter
     return np.minimum(indices, num_frames - 1).astype(np.int64)
 
@@ -188,8 +192,7 @@ def signed_stride_indices(
     """
     _check_positive(num_frames=num_frames, clip_len=clip_len)
     step = abs(int(stride))
-    span = step * (clip_len - 1) + 1
-    start = 0 if span >= num_frames else int(rng.integers(0, num_frames - span + 1))
+    start = random_start(num_frames, step * (clip_len - 1) + 1, rng)
     indices = np.minimum(start + step * np.arange(clip_len, dtype=np.int64), num_frames - 1)
     return indices[::-1].copy() if stride < 0 else indices
 

@@ -79,6 +79,12 @@ def pick_device(name: str | None) -> torch.device:
     return device
 
 
+def grad_norm(module: torch.nn.Module) -> float:
+    """Return the L2 norm of ``module``'s gradients (0 without any), as clipping would see it."""
+    grads = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work, so that a timer reads the work's true end."""
     if device.type == "cuda":

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from benchmarks import machine_info, pick_device, write_report
+from benchmarks import grad_norm, machine_info, pick_device, write_report
 from CtP.ctp import CtP, encode_targets
 from CtP.datasets import CtPDataset, ZipFrameSource, load_annotations
 from CtP.patches import PatchMaskParams
@@ -84,11 +84,6 @@ class _HeadProbe:
         return float((self.pre > 0).any(dim=0).float().mean())
 
 
-def _grad_norm(module: nn.Module) -> float:
-    grads = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
-
-
 def _step(
     model: CtP, optimizer: torch.optim.Optimizer, batch: dict[str, Tensor]
 ) -> dict[str, float]:
@@ -98,7 +93,7 @@ def _step(
     loss = training_loss(losses)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    backbone_grad = _grad_norm(model.backbone)
+    backbone_grad = grad_norm(model.backbone)
     nn.utils.clip_grad_norm_(model.parameters(), 40.0)
     optimizer.step()
     return {

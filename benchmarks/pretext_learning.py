@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks import machine_info, write_report
+from benchmarks import grad_norm, machine_info, write_report
 from CtP.datasets import ZipFrameSource, load_annotations
 from CtP.pretext import pretext_from_mapping
 from CtP.train import build_optimizer, make_loader, training_loss
@@ -44,11 +44,6 @@ def composed(overrides: list[str]) -> dict[str, Any]:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="base", overrides=overrides)
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-
-
-def _grad_norm(module: nn.Module) -> float:
-    grads = [p.grad.detach().flatten() for p in module.parameters() if p.grad is not None]
-    return float(torch.cat(grads).norm()) if grads else 0.0
 
 
 def train_run(cfg: dict[str, Any], root: Path, steps: int, window: int, seed: int) -> list[dict]:
@@ -76,7 +71,7 @@ def train_run(cfg: dict[str, Any], root: Path, steps: int, window: int, seed: in
             loss = training_loss(losses)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad = _grad_norm(backbone)
+            grad = grad_norm(backbone)
             nn.utils.clip_grad_norm_(model.parameters(), float(optimizer_cfg["grad_clip"]))
             optimizer.step()
             accuracy = losses.get("accuracy", torch.tensor(np.nan))
