@@ -22,6 +22,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -71,13 +72,16 @@ class ClientSettings:
     progress: bool
     num_threads: int  # torch threads of a CPU client (its Ray num_cpus)
     pretext: Pretext = field(default_factory=CtPRecipe)  # conf/pretext/ (and conf/ctp/ for CtP)
+    annotations: str | None = None  # a node's own annotation list, instead of its partition file
 
     def client_dir(self, partition_id: int) -> Path:
         """``client{N}``, N = partition id + 1, as the original numbers clients."""
         return Path(self.results_dir) / f"client{partition_id + 1}"
 
     def partition_file(self, partition_id: int) -> Path:
-        """Return the annotation file of a client's videos."""
+        """Return the annotation file of a client's videos (the node's own list, if it has one)."""
+        if self.annotations:
+            return Path(self.annotations)
         name = self.partition_template.format(client=partition_id + 1)
         return Path(self.dataset_root) / name
 
@@ -138,12 +142,19 @@ def start_state(
 
 def build_dataset(settings: ClientSettings, partition_id: int) -> SkippingDataset:
     """Build the client's pretext dataset over its partition."""
+    annotations = settings.partition_file(partition_id)
+    if not annotations.is_file():
+        raise FileNotFoundError(
+            f"partition {partition_id} is not on this node ({annotations} does not exist): "
+            "prepare it with dataset_preparation.py --num-clients N, or point the node's "
+            "data-dir or annotations at it (--node-config)"
+        )
     source = open_frame_source(
         settings.frames, settings.dataset_root,
         zip_template=settings.zip_template, video_template=settings.video_template,
     )  # fmt: skip
     return settings.pretext.dataset(
-        load_annotations(settings.partition_file(partition_id)),
+        load_annotations(annotations),
         source,
         clip_len=settings.clip_len,
         crop_size=settings.crop_size,
@@ -206,33 +217,76 @@ def train_locally(
     return state, metrics
 
 
+def partition_of(context: Context) -> int:
+    """Read this node's partition id from its node config (``flower-supernode --node-config``)."""
+    if "partition-id" not in context.node_config:
+        raise ValueError(
+            "this node has no partition-id: start it with "
+            '--node-config "partition-id=N data-dir=/path/to/data"'
+        )
+    return int(context.node_config["partition-id"])
+
+
+SettingsOf = Callable[[Context], ClientSettings]
+
+
+def train_reply(settings_of: SettingsOf, msg: Message, context: Context) -> Message:
+    """Train on this node's partition; reply with the arrays and metrics, or with the error."""
+    quiet_flower_logging()  # in this worker process, as in the driver
+    config = msg.content.config_records["config"]
+    server_round = int(cast(int, config["server-round"]))
+    who = f"node {context.node_id}"
+    try:
+        partition_id = partition_of(context)
+        who = f"client {partition_id + 1}"
+        global_state = msg.content.array_records["arrays"].to_torch_state_dict()
+        arrays, metrics = train_locally(
+            settings_of(context), partition_id, server_round, global_state,
+            bool(config["partial-update"]),
+        )  # fmt: skip
+    except Exception as err:  # reported to the server, which aggregates the others
+        reason = f"{who}: {type(err).__name__}: {err}"
+        logger.error("round %d, %s", server_round, reason)
+        return Message(Error(code=CLIENT_ERROR, reason=reason), reply_to=msg)
+    content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+def partition_reply(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds, for reproducible sampling."""
+    try:
+        partition_id = partition_of(context)
+    except ValueError as err:
+        logger.error("%s", err)
+        reason = f"node {context.node_id}: {err}"
+        return Message(Error(code=CLIENT_ERROR, reason=reason), reply_to=msg)
+    content = RecordDict({"metrics": MetricRecord({"partition-id": partition_id})})
+    return Message(content=content, reply_to=msg)
+
+
 def make_client_app(settings: ClientSettings) -> ClientApp:
-    """Build the ClientApp around a run's settings."""
+    """Build the ClientApp of ``python -m fedvssl.main`` around a run's settings."""
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        quiet_flower_logging()  # in this Ray worker process, as in the driver
-        partition_id = int(context.node_config["partition-id"])
-        config = msg.content.config_records["config"]
-        server_round = int(cast(int, config["server-round"]))
-        try:
-            global_state = msg.content.array_records["arrays"].to_torch_state_dict()
-            arrays, metrics = train_locally(
-                settings, partition_id, server_round, global_state, bool(config["partial-update"])
-            )
-        except Exception as err:  # reported to the server, which aggregates the others
-            reason = f"client {partition_id + 1}: {type(err).__name__}: {err}"
-            logger.error("round %d, %s", server_round, reason)
-            return Message(Error(code=CLIENT_ERROR, reason=reason), reply_to=msg)
-        content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics)})
-        return Message(content=content, reply_to=msg)
+        return train_reply(lambda _: settings, msg, context)
 
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
-        # The server learns which node holds which partition, for reproducible sampling.
-        partition_id = int(context.node_config["partition-id"])
-        content = RecordDict({"metrics": MetricRecord({"partition-id": partition_id})})
-        return Message(content=content, reply_to=msg)
-
+    app.query()(partition_reply)
     return app
+
+
+# The app of ``flwr run`` (pyproject.toml [tool.flwr.app.components]): the same local training,
+# with settings composed from the run config and this node's node config (fedvssl.run_config).
+app = ClientApp()
+
+
+@app.train()
+def flower_train(msg: Message, context: Context) -> Message:
+    """Train with the settings of this run on this node."""
+    from fedvssl.run_config import node_client_settings
+
+    return train_reply(node_client_settings, msg, context)
+
+
+app.query()(partition_reply)

@@ -16,167 +16,43 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import Any, NoReturn, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedvssl.data.errors import DataError
-
-if TYPE_CHECKING:
-    from CtP.pretext import Pretext
-    from fedvssl.client_app import ClientSettings
-    from fedvssl.evaluation import RoundEvaluation
-    from fedvssl.server_app import ServerSettings
+from fedvssl.settings import user_errors
 
 logger = logging.getLogger("fedvssl")
 
 
-class DataNotReadyError(RuntimeError):
-    """The dataset folder or a client partition is missing."""
-
-
-def ensure_dataset(dataset: dict[str, Any], data_dir: str, pool_size: int) -> None:
-    """Check the dataset and its ``pool_size`` partitions; prepare the synthetic one if allowed."""
-    from fedvssl.data.preparation import dataset_is_prepared, prepare_dataset
-
-    root = Path(dataset["root"])
-    name = dataset["name"]
-    command = (
-        f"python dataset_preparation.py --dataset {name} --data-dir {data_dir} "
-        f"--num-clients {pool_size}"
-    )
-    if dataset_is_prepared(root, pool_size):
-        return
-    if dataset.get("auto_prepare"):
-        logger.info("preparing the %s dataset in %s (first use)", name, root)
-        prepare_dataset(name, Path(data_dir), num_clients=pool_size)
-        return
-    if not root.is_dir():
-        raise DataNotReadyError(f"{root} does not exist: prepare it with `{command}`")
-    raise DataNotReadyError(
-        f"{root} has no annotations or partitions for {pool_size} clients: run `{command}`"
-    )
-
-
-def server_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> ServerSettings:
-    """Read the server's settings from the composed config."""
-    from fedvssl.server_app import ServerSettings
-    from fedvssl.strategy_config import resolve_strategy
-
-    return ServerSettings(
-        run_dir=run_dir,
-        rounds=int(cfg["rounds"]),
-        pool_size=int(cfg["pool_size"]),
-        clients_per_round=int(cfg["clients_per_round"]),
-        min_fit_clients=int(cfg["min_fit_clients"]),
-        seed=int(cfg["seed"]),
-        width=int(cfg["model"]["width"]),
-        clip_len=int(cfg["clip_len"]),
-        pretext=pretext,
-        resume=bool(cfg["resume"]),
-        evaluate_every=int(cfg["evaluate_every"]),
-        round_timeout=float(cfg["round_timeout"]),
-        strategy=resolve_strategy(cfg["strategy"]),
-    )
-
-
-def client_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> ClientSettings:
-    """Read the clients' settings from the composed config."""
-    from fedvssl.client_app import ClientSettings
-
-    dataset, optimizer = cfg["dataset"], cfg["optimizer"]
-    return ClientSettings(
-        results_dir=str(Path(run_dir) / "fedvssl_results"),
-        dataset_root=str(Path(dataset["root"]).resolve()),
-        frames=dataset["frames"],
-        zip_template=dataset["zip_template"],
-        video_template=dataset["video_template"],
-        partition_template=dataset["partition_template"],
-        width=int(cfg["model"]["width"]),
-        clip_len=int(cfg["clip_len"]),
-        crop_size=int(cfg["crop_size"]),
-        batch_size=int(cfg["batch_size"]),
-        workers=int(cfg["workers"]),
-        local_epochs=int(cfg["local_epochs"]),
-        lr=float(optimizer["lr"]),
-        momentum=float(optimizer["momentum"]),
-        weight_decay=float(optimizer["weight_decay"]),
-        grad_clip=float(optimizer["grad_clip"]),
-        seed=int(cfg["seed"]),
-        bf16=bool(cfg["bf16"]),
-        channels_last=bool(cfg["channels_last"]),
-        log_interval=int(cfg["log_interval"]),
-        progress=bool(cfg["progress"]),
-        num_threads=max(1, int(cfg["client_resources"]["num_cpus"])),
-        pretext=pretext,
-    )
-
-
-def round_evaluation(cfg: dict[str, Any]) -> RoundEvaluation:
-    """Read the server's per-round retrieval settings from the composed config."""
-    from fedvssl.evaluation import RoundEvaluation
-
-    evaluation = cfg["evaluation"]
-    max_videos = evaluation.get("max_videos")
-    return RoundEvaluation(
-        dataset=dict(cfg["dataset"]), data_dir=str(cfg["data_dir"]),
-        clip_len=int(cfg["clip_len"]), stride=int(evaluation.get("frame_stride", 2)),
-        crop_size=int(cfg["crop_size"]), num_clips=int(evaluation["num_clips"]),
-        batch_size=int(evaluation["batch_size"]),
-        max_videos=None if max_videos is None else int(max_videos),
-        ks=tuple(int(k) for k in evaluation.get("ks", (1, 5))),
-        workers=int(evaluation.get("workers", cfg["workers"])), bf16=bool(cfg["bf16"]),
-        channels_last=bool(cfg["channels_last"]),
-    )  # fmt: skip
-
-
-def check_config(cfg: dict[str, Any]) -> None:
-    """Refuse settings that would hang or make no sense, with one clear line."""
-    pool, per_round = int(cfg["pool_size"]), int(cfg["clients_per_round"])
-    if pool < 1 or not 1 <= per_round <= pool:
-        raise ValueError(f"clients_per_round must be in [1, pool_size={pool}], got {per_round}")
-    if not 1 <= int(cfg["min_fit_clients"]) <= per_round:
-        raise ValueError(
-            f"min_fit_clients must be in [1, clients_per_round={per_round}], "
-            f"got {cfg['min_fit_clients']}"
-        )
-    if int(cfg["clip_len"]) % 8 or int(cfg["crop_size"]) % 8:
-        raise ValueError("clip_len and crop_size must be multiples of 8 (the backbone strides)")
-    if int(cfg["rounds"]) < 1:
-        raise ValueError(f"rounds must be at least 1, got {cfg['rounds']}")
-
-
 def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
     """Run the federated pre-training; returns the last round's mean client loss."""
-    from CtP.pretext import pretext_from_mapping
     from fedvssl.client_app import make_client_app
     from fedvssl.server_app import RunStateError, make_server_app, resumable_state
+    from fedvssl.settings import ensure_dataset, pretraining
     from fedvssl.simulation import simulate
 
-    check_config(cfg)
-    pretext = pretext_from_mapping(cfg["pretext"], cfg["ctp"])
-    server = server_settings(cfg, run_dir, pretext)
+    run = pretraining(cfg, run_dir)
+    server = run.server
     ensure_dataset(cfg["dataset"], cfg["data_dir"], server.pool_size)
-    clients = client_settings(cfg, run_dir, pretext)
     resumable_state(server)  # a run folder that does not fit: one line, before Ray starts
     evaluate_fn = None
-    if server.evaluate_every > 0:
+    if run.evaluation is not None:
         from fedvssl.evaluation import make_round_evaluator  # torch-heavy: only when asked for
 
-        evaluate_fn = make_round_evaluator(round_evaluation(cfg))
+        evaluate_fn = make_round_evaluator(run.evaluation)
     sink: dict[str, Any] = {}
     resources = cfg["client_resources"]
     logger.info(
         "FedVSSL (%s pretext, %s, alpha %.2f, beta %.2f): %d clients, %d rounds, %s data in %s",
-        pretext.name, server.strategy.name, server.strategy.alpha, server.strategy.beta,
+        server.pretext.name, server.strategy.name, server.strategy.alpha, server.strategy.beta,
         server.pool_size, server.rounds, cfg["dataset"]["name"], cfg["dataset"]["root"],
     )  # fmt: skip
     simulate(
         make_server_app(server, evaluate_fn=evaluate_fn, history_config=cfg, sink=sink),
-        make_client_app(clients),
+        make_client_app(run.clients),
         num_clients=server.pool_size,
         num_cpus=float(resources["num_cpus"]),
         num_gpus=float(resources["num_gpus"]),
@@ -189,18 +65,6 @@ def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
     logger.info("checkpoints and client logs: %s; metrics: %s", server.results_dir, history.path)
     last = history.rounds[-1].train_loss if history.rounds else None
     return last
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """Errors whose message tells the user what to do; anything else is a bug (traceback kept)."""
-    from fedvssl.checkpoints import CheckpointError
-    from fedvssl.server_app import RunStateError
-    from fedvssl.strategy_config import StrategyConfigError
-
-    return (
-        DataError, StrategyConfigError, DataNotReadyError, RunStateError, CheckpointError,
-        ValueError, FileNotFoundError,
-    )  # fmt: skip
 
 
 def fail(err: BaseException) -> NoReturn:

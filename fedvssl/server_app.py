@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -117,7 +117,9 @@ def discover_partitions(grid: Grid, pool_size: int, timeout: float) -> dict[int,
         Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
         for node in node_ids
     ]
-    replies = grid.send_and_receive(queries, timeout=timeout)
+    replies = list(grid.send_and_receive(queries, timeout=timeout))
+    for failed in (r for r in replies if r.has_error()):
+        logger.warning("node %d: %s", failed.metadata.src_node_id, failed.error.reason)
     ids = {
         r.metadata.src_node_id: r.content.metric_records["metrics"]
         for r in replies
@@ -249,9 +251,10 @@ def run_rounds(
     for server_round in range(first_round, settings.rounds + 1):
         started = time.perf_counter()
         config = ConfigRecord({"partial-update": settings.strategy.partial_update})
-        messages: Iterable[Message] = strategy.configure_train(server_round, arrays, config, grid)
-        replies = grid.send_and_receive(messages, timeout=settings.round_timeout)
+        messages = list(strategy.configure_train(server_round, arrays, config, grid))
+        replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        report_silent_nodes(strategy, messages, replies, settings.round_timeout)
         arrays = new_arrays if new_arrays is not None else arrays
         state = to_state(arrays)
         save_global_checkpoint(round_checkpoint_path(settings.results_dir, server_round), state)
@@ -264,8 +267,34 @@ def run_rounds(
     return history
 
 
+def report_silent_nodes(
+    strategy: FedVSSL, messages: list[Message], replies: list[Message], timeout: float
+) -> None:
+    """Count a sampled node that did not answer within the round timeout as a failed client."""
+    answered = {r.metadata.src_node_id for r in replies}
+    report = strategy.last_round
+    for node in (m.metadata.dst_node_id for m in messages):
+        if node not in answered and report is not None:
+            who = f"partition {strategy.node_partitions.get(node, '?')} (node {node})"
+            report.failures.append(f"{who}: no reply within round_timeout={timeout:g} s")
+            logger.warning("round %d: %s sent no reply", report.server_round, who)
+
+
 def _format(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+
+
+def serve(
+    grid: Grid,
+    settings: ServerSettings,
+    evaluate_fn: EvaluateFn | None,
+    history_config: dict[str, Any],
+) -> History:
+    """Run the rounds, then plot them: the body of every FedVSSL ServerApp."""
+    history = run_rounds(grid, settings, evaluate_fn, history_config)
+    if history.rounds:
+        history.plot(Path(settings.run_dir) / "metrics.png")
+    return history
 
 
 def make_server_app(
@@ -275,15 +304,26 @@ def make_server_app(
     history_config: dict[str, Any] | None = None,
     sink: dict[str, Any] | None = None,
 ) -> ServerApp:
-    """Build the ServerApp; its history lands in ``sink["history"]`` when it ends."""
+    """Build the ServerApp of ``python -m fedvssl.main``; its history goes to ``sink``."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        history = run_rounds(grid, settings, evaluate_fn, history_config or {})
-        if history.rounds:
-            history.plot(Path(settings.run_dir) / "metrics.png")
+        history = serve(grid, settings, evaluate_fn, history_config or {})
         if sink is not None:
             sink["history"] = history
 
     return app
+
+
+# The app of ``flwr run`` (pyproject.toml [tool.flwr.app.components]): the same rounds, with the
+# settings composed from the run config (fedvssl.run_config) in the ServerApp's own process.
+app = ServerApp()
+
+
+@app.main()
+def flower_main(grid: Grid, context: Context) -> None:
+    """Compose the config from ``context.run_config`` and serve the run it describes."""
+    from fedvssl.run_config import server_run
+
+    serve(grid, *server_run(context))

@@ -176,7 +176,7 @@ def test_round_evaluator_builds_its_datasets_once(
     from omegaconf import OmegaConf
 
     import fedvssl.evaluation as evaluation_module
-    from fedvssl.main import round_evaluation
+    from fedvssl.settings import round_evaluation
 
     with initialize(config_path="../conf", version_base="1.3"):
         base = compose(

@@ -1,0 +1,156 @@
+"""Flower's run config onto the Hydra config: the settings of the apps that ``flwr run`` starts.
+
+``flwr run`` hands every ServerApp and ClientApp the run config: ``[tool.flwr.app.config]`` of
+pyproject.toml with ``--run-config`` overrides, flattened with dots. Each of its keys is a Hydra
+override of ``conf/base.yaml``, so both routes run the same composed config:
+
+- ``rounds = 3`` or ``strategy.alpha = 0.5`` sets a value; ``pretext = "vcop"`` picks a group's
+  option; an empty string keeps conf/'s value (every number lives in conf/);
+- ``overrides`` takes any further Hydra overrides, space-separated (``"local_epochs=2 seed=8"``);
+- ``run-dir`` is the run folder (default ``outputs/flwr/run-<run id>`` in the app's working
+  directory).
+
+A SuperNode's node config (``flower-supernode --node-config``) says where its data is:
+``partition-id`` (required), ``data-dir`` (its prepared datasets, as ``data_dir``), and optionally
+``annotations`` (its own annotation list instead of the partition file) and ``results-dir``
+(where it keeps its logs and pretext heads; default: the run's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import shlex
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from flwr.app import Context
+
+if TYPE_CHECKING:
+    from fedvssl.client_app import ClientSettings
+    from fedvssl.server_app import EvaluateFn, ServerSettings
+
+logger = logging.getLogger("fedvssl")
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+LOG = "server.log"  # the ServerApp's log in the run folder (python -m fedvssl.main writes main.log)
+OWN_KEYS = ("run-dir", "overrides")  # keys of the run config that are not Hydra overrides
+ConfigValue = bool | int | float | str
+
+
+class RunConfigError(ValueError):
+    """A run config or node config that does not compose; the message says which key to change."""
+
+
+def override(key: str, value: ConfigValue) -> str:
+    """Write one run-config entry as a Hydra override (``true``/``false`` for booleans)."""
+    if isinstance(value, bool):
+        return f"{key}={str(value).lower()}"
+    text = str(value)
+    plain = text.replace("/", "").replace(".", "").replace("-", "").replace("_", "")
+    return f"{key}={text}" if plain.isalnum() else f"{key}='{text}'"
+
+
+def hydra_overrides(run_config: Mapping[str, ConfigValue]) -> list[str]:
+    """Turn a run config into Hydra overrides: its keys first, then its ``overrides`` string."""
+    pairs = [override(k, v) for k, v in run_config.items() if k not in OWN_KEYS and v != ""]
+    return pairs + shlex.split(str(run_config.get("overrides", "")))
+
+
+@functools.lru_cache(maxsize=8)
+def _compose(overrides: tuple[str, ...]) -> dict[str, Any]:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="fedvssl"):
+            cfg = compose(config_name="base", overrides=list(overrides))
+        return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    except Exception as err:  # Hydra's own errors say which override is wrong
+        message = " ".join(str(err).split())
+        raise RunConfigError(
+            f"the run config does not compose ({message}): its keys are Hydra overrides of "
+            "conf/base.yaml, see [tool.flwr.app.config] in pyproject.toml"
+        ) from None
+
+
+def compose_config(
+    run_config: Mapping[str, ConfigValue], extra: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Compose conf/ with the run config's overrides, then ``extra`` ones (a fresh dict)."""
+    composed = _compose((*hydra_overrides(run_config), *extra))
+    return cast(dict[str, Any], _deep_copy(composed))
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    return [_deep_copy(v) for v in value] if isinstance(value, list) else value
+
+
+def run_dir_of(context: Context) -> str:
+    """Return the run folder: ``run-dir`` of the run config, or ``outputs/flwr/run-<run id>``."""
+    chosen = str(context.run_config.get("run-dir", ""))
+    path = Path(chosen) if chosen else Path("outputs") / "flwr" / f"run-{context.run_id}"
+    return str(path.resolve())
+
+
+def log_to(run_dir: str) -> None:
+    """Send the run's log lines to the console and ``<run dir>/server.log`` (once per process)."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s", "%H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(Path(run_dir) / LOG)]
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    for package in ("fedvssl", "CtP"):
+        package_logger = logging.getLogger(package)
+        for old in package_logger.handlers[:]:
+            package_logger.removeHandler(old)
+        for handler in handlers:
+            package_logger.addHandler(handler)
+        package_logger.setLevel(logging.INFO)
+        package_logger.propagate = False
+
+
+def server_run(context: Context) -> tuple[ServerSettings, EvaluateFn | None, dict[str, Any]]:
+    """Everything the ServerApp of ``flwr run`` needs: settings, round evaluator, history config.
+
+    The synthetic dataset is prepared here on first use, as ``python -m fedvssl.main`` does; a
+    real dataset lives on the nodes, so the server does not look for it unless it evaluates.
+    """
+    from fedvssl.server_app import resumable_state
+    from fedvssl.settings import ensure_dataset, pretraining
+
+    cfg = compose_config(context.run_config)
+    log_to(run_dir_of(context))
+    run = pretraining(cfg, run_dir_of(context))
+    if cfg["dataset"].get("auto_prepare") or run.evaluation is not None:
+        ensure_dataset(cfg["dataset"], cfg["data_dir"], run.server.pool_size)
+    resumable_state(run.server)
+    evaluate_fn = None
+    if run.evaluation is not None:
+        from fedvssl.evaluation import make_round_evaluator
+
+        evaluate_fn = make_round_evaluator(run.evaluation)
+    return run.server, evaluate_fn, cfg
+
+
+def node_client_settings(context: Context) -> ClientSettings:
+    """Build the client settings of this run on this node (its data, annotations, results)."""
+    from CtP.pretext import pretext_from_mapping
+    from fedvssl.settings import client_settings
+
+    node = context.node_config
+    extra = [override("data_dir", node["data-dir"])] if "data-dir" in node else []
+    cfg = compose_config(context.run_config, extra)
+    pretext = pretext_from_mapping(cfg["pretext"], cfg["ctp"])
+    settings = client_settings(cfg, run_dir_of(context), pretext)
+    own = {k: str(Path(str(v)).resolve()) for k, v in node.items()}
+    return dataclasses.replace(
+        settings,
+        annotations=own.get("annotations", settings.annotations),
+        results_dir=own.get("results-dir", settings.results_dir),
+    )

@@ -1,0 +1,251 @@
+"""The apps beyond ``python -m fedvssl.main``: ``flwr run``, SuperLink + SuperNodes, Ray clusters.
+
+Every test runs on loopback with the tiny synthetic set, starts its own Flower (and Ray)
+processes in their own session, with their own ``FLWR_HOME`` and free ports, and stops them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedvssl.checkpoints import load_global_checkpoint
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # flwr, flower-superlink, flower-supernode, ray
+TINY = "experiment=smoke client_resources.num_cpus=1 log_interval=2"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def flower_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """An environment of its own: FLWR_HOME, ports of the local SuperLink; stops what it started."""
+    home = tmp_path / "flwr_home"
+    env = os.environ | {
+        "FLWR_HOME": str(home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+    yield env
+    stop_processes_mentioning(str(home))
+
+
+def stop_processes_mentioning(text: str) -> None:
+    """Kill the processes whose command line names ``text`` (the local SuperLink of flwr run)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
+def checkpoint(run_dir: Path, server_round: int) -> dict[str, np.ndarray]:
+    return load_global_checkpoint(
+        run_dir / "fedvssl_results" / f"round-{server_round}-weights.array.npz"
+    )
+
+
+def test_flwr_run_simulation_gives_the_round_one_aggregate_of_fedvssl_main(
+    synthetic_data_dir: Path, tmp_path: Path, flower_env: dict[str, str]
+) -> None:
+    overrides = f"{TINY} rounds=1 strategy.alpha=0.5 data_dir={synthetic_data_dir}"
+    hydra_dir, flwr_dir = tmp_path / "hydra", tmp_path / "flwr"
+    hydra = subprocess.run(
+        [sys.executable, "-m", "fedvssl.main", f"hydra.run.dir={hydra_dir}", *overrides.split()],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert hydra.returncode == 0, hydra.stdout + hydra.stderr
+
+    flwr = subprocess.run(
+        [
+            str(BIN / "flwr"), "run", ".", "--stream",
+            "--federation-config", "num-supernodes=2 client-resources-num-cpus=1",
+            "--run-config", f"run-dir='{flwr_dir}' overrides='{overrides}'",
+        ],
+        cwd=ROOT, env=flower_env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert flwr.returncode == 0, flwr.stdout + flwr.stderr
+    assert "round 1/1: loss" in flwr.stdout  # the round line, streamed from the ServerApp
+    assert "round 1/1: loss" in (flwr_dir / "server.log").read_text()
+
+    ours, theirs = checkpoint(flwr_dir, 1), checkpoint(hydra_dir, 1)
+    assert list(ours) == list(theirs) and len(ours) == 126
+    for key in theirs:
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (flwr_dir, hydra_dir)]
+    assert [c["weight"] for c in metrics[0]["rounds"][0]["clients"]] == [
+        c["weight"] for c in metrics[1]["rounds"][0]["clients"]
+    ]
+    for client in (1, 2):
+        assert list((flwr_dir / "fedvssl_results" / f"client{client}").glob("*.log.json"))
+
+
+def make_keys(folder: Path, nodes: list[str]) -> Path:
+    """A CA, a SuperLink certificate for 127.0.0.1 (openssl) and node key pairs (ssh-keygen).
+
+    Flower authenticates SuperNodes by OpenSSH-format ECDSA keys; TLS takes PEM certificates.
+    """
+    folder.mkdir()
+
+    def run(*command: str) -> None:
+        subprocess.run(command, cwd=folder, check=True, capture_output=True, timeout=60)
+
+    (folder / "server.ext").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    )
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-sha256", "-days", "2", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=FedVSSL test CA")  # fmt: skip
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+        "-out", "server.csr", "-subj", "/CN=localhost")  # fmt: skip
+    run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-sha256",
+        "-extfile", "server.ext")  # fmt: skip
+    for node in nodes:
+        run("ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", node, "-f", node)
+    return folder
+
+
+class Processes:
+    """Long-running Flower processes, each in its own session, its output in a file."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.folder, self.env = folder, env
+        self.started: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *command: str) -> subprocess.Popen[bytes]:
+        with (self.folder / f"{name}.log").open("wb") as out:
+            process = subprocess.Popen(
+                command, cwd=self.folder, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.started[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for process in self.started.values():
+            with contextlib.suppress(ProcessLookupError):  # the group: superexec, app processes
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def wait_until_listening(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def test_federation_with_tls_and_node_authentication(
+    synthetic_data_dir: Path, tmp_path: Path, flower_env: dict[str, str]
+) -> None:
+    """SuperLink + SuperNodes on loopback: TLS, registered node keys, each node its own data.
+
+    Nodes 0 and 1 train (node 1 from its own annotation list); node 2 is registered but holds no
+    partition 2 (a reported failure each round); a fourth node's key is not registered: refused.
+    """
+    keys = make_keys(tmp_path / "keys", ["node0", "node1", "node2", "stranger"])
+    port, dead = free_port(), free_port()
+    home = Path(flower_env["FLWR_HOME"])
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "deployment"\n\n[superlink.deployment]\n'
+        f'address = "127.0.0.1:{port}"\nroot-certificates = "{keys / "ca.crt"}"\n\n'
+        f'[superlink.nowhere]\naddress = "127.0.0.1:{dead}"\ninsecure = true\n'
+    )
+    own = tmp_path / "node1_own"
+    own.mkdir()
+    partitions = synthetic_data_dir / "synthetic" / "annotations" / "client_distribution"
+    (own / "mine.json").write_text((partitions / "client_dist2.json").read_text())
+    (tmp_path / "procs").mkdir()
+    procs = Processes(tmp_path / "procs", flower_env)
+    try:
+        procs.start(
+            "superlink", str(BIN / "flower-superlink"), "--port", str(port),
+            "--ssl-ca-certfile", str(keys / "ca.crt"), "--ssl-certfile", str(keys / "server.pem"),
+            "--ssl-keyfile", str(keys / "server.key"), "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation",
+        )  # fmt: skip
+        wait_until_listening(port)
+        for node in ("node0", "node1", "node2"):
+            subprocess.run(
+                [BIN / "flwr", "supernode", "register", keys / f"{node}.pub", "deployment"],
+                env=flower_env, check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+        node_configs = {
+            "node0": f"partition-id=0 data-dir='{synthetic_data_dir}'",
+            "node1": f"partition-id=1 data-dir='{synthetic_data_dir}' "
+            f"annotations='{own / 'mine.json'}' results-dir='{own / 'results'}'",
+            "node2": f"partition-id=2 data-dir='{synthetic_data_dir}'",
+            "stranger": f"partition-id=0 data-dir='{synthetic_data_dir}'",
+        }
+        for node, node_config in node_configs.items():
+            procs.start(
+                node, str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}",
+                "--root-certificates", str(keys / "ca.crt"),
+                "--auth-supernode-private-key", str(keys / node), "--port", str(free_port()),
+                "--node-config", node_config,
+            )  # fmt: skip
+        assert procs.started["stranger"].wait(timeout=120) != 0  # refused, and it does not retry
+
+        run_dir = tmp_path / "run"
+        overrides = (
+            f"{TINY} pool_size=3 min_fit_clients=1 dataset.auto_prepare=false round_timeout=300"
+        )
+        done = subprocess.run(
+            [str(BIN / "flwr"), "run", ".", "deployment", "--stream",
+             "--run-config", f"run-dir='{run_dir}' overrides='{overrides}'"],
+            cwd=ROOT, env=flower_env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr + procs.log("superlink")
+        state = checkpoint(run_dir, 2)
+        assert len(state) == 126 and list(state)[-1] == "head.pred_head.bias"
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        for record in metrics["rounds"]:
+            assert [c["id"] for c in record["clients"]] == [1, 2] and record["aggregated"]
+            assert (
+                len(record["failures"]) == 1
+                and "partition 2 is not on this node" in (record["failures"][0])
+            )
+        assert "round 2/2: loss" in done.stdout
+        # each node keeps its logs and its own pretext head where it was told to
+        assert list((run_dir / "fedvssl_results" / "client1").glob("*.log.json"))
+        assert (run_dir / "fedvssl_results" / "client1" / "head-round-2.pt").is_file()
+        assert list((own / "results" / "client2").glob("*.log.json"))
+        assert (own / "results" / "client2" / "head-round-2.pt").is_file()
+        node2 = [line for line in procs.log("node2").splitlines() if "not on this node" in line]
+        assert len(node2) == 2  # one clear line per round on the node without the data
+
+        wrong = subprocess.run(
+            [str(BIN / "flwr"), "run", ".", "nowhere"],
+            cwd=ROOT, env=flower_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert wrong.returncode != 0 and "unavailable" in wrong.stdout + wrong.stderr
+    finally:
+        procs.stop_all()
