@@ -102,7 +102,10 @@ def log_to(run_dir: str) -> None:
     """Send the run's log lines to the console and ``<run dir>/server.log`` (once per process)."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     formatter = logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s", "%H:%M:%S")
-    handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(Path(run_dir) / LOG)]
+    handlers: list[logging.Handler] = [
+        logging.StreamHandler(sys.stdout),
+        logging.FileHandler(Path(run_dir) / LOG),
+    ]
     for handler in handlers:
         handler.setFormatter(formatter)
     for package in ("fedvssl", "CtP"):

@@ -325,5 +325,11 @@ app = ServerApp()
 def flower_main(grid: Grid, context: Context) -> None:
     """Compose the config from ``context.run_config`` and serve the run it describes."""
     from fedvssl.run_config import server_run
+    from fedvssl.settings import user_errors
 
-    serve(grid, *server_run(context))
+    try:
+        run = server_run(context)
+    except user_errors() as err:  # one clear line; Flower then marks the run failed
+        logger.error("error: %s", err)
+        raise
+    serve(grid, *run)

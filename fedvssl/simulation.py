@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any, cast
 
 from flwr.clientapp import ClientApp
@@ -50,6 +51,49 @@ def quiet_flower_logging() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # imported by Flower; INFO at import
 
 
+class RayClusterError(ValueError):
+    """``ray_init_args`` that cannot join the Ray cluster they name; the message says what to do."""
+
+
+# ray.init refuses these when it joins a running cluster: the cluster's own resources count.
+_CLUSTER_OWNED = ("num_cpus", "num_gpus", "resources", "object_store_memory")
+
+
+def check_ray_cluster(init_args: dict[str, Any]) -> None:
+    """Join the cluster at ``init_args["address"]`` once and leave, or fail with one line.
+
+    ``run_simulation`` does not return when ``ray.init`` fails (its ServerApp thread waits for
+    clients that never come), so a cluster that cannot be joined is caught here, before it.
+    """
+    address = init_args["address"]
+    refused = [key for key in _CLUSTER_OWNED if key in init_args]
+    if refused:
+        raise RayClusterError(
+            f"ray_init_args.{refused[0]} cannot be set when joining the Ray cluster at {address}: "
+            "the cluster's own resources count (set them with `ray start`)"
+        )
+    import ray
+
+    try:
+        _check_reachable(str(address))
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    except Exception as err:
+        reason = " ".join(str(err).split())
+        raise RayClusterError(
+            f"cannot join the Ray cluster at ray_init_args.address={address} ({reason}): start "
+            "one with `ray start --head` or drop ray_init_args.address to start Ray here"
+        ) from None
+    finally:
+        ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Fail within seconds when nothing listens at ``host:port`` (Ray retries for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():
+        socket.create_connection((host, int(port)), timeout=10).close()
+
+
 def simulate(
     server_app: ServerApp,
     client_app: ClientApp,
@@ -70,7 +114,7 @@ def simulate(
     num_cpus, num_gpus
         Ray resources of one client; a fraction of a GPU lets clients share it.
     ray_init_args
-        Extra arguments of ``ray.init``.
+        Extra arguments of ``ray.init``; with an ``address``, the clients run on that Ray cluster.
     """
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -78,7 +122,10 @@ def simulate(
     from flwr.simulation import run_simulation  # imports Ray: only when a simulation runs
 
     quiet_flower_logging()
-    init_args = {"logging_level": "ERROR", "log_to_driver": True} | dict(ray_init_args or {})
+    given = {k: v for k, v in (ray_init_args or {}).items() if v is not None}
+    init_args = {"logging_level": "ERROR", "log_to_driver": True} | given
+    if "address" in init_args:
+        check_ray_cluster(init_args)
     run_simulation(
         server_app=server_app,
         client_app=client_app,

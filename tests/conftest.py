@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +44,33 @@ def loopback() -> Iterator[Serve]:
 @pytest.fixture(autouse=True)
 def _flwr_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLWR_HOME", str(tmp_path_factory.getbasetemp() / "flwr_home"))
+
+
+@pytest.fixture
+def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give Flower the identity a running app would have: building a Message needs it."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+
+# The CI-sized federated run: 2 clients, 2 rounds, width 16, 8x32x32 clips, one thread per client.
+SMOKE = ["experiment=smoke", "client_resources.num_cpus=1", "log_interval=2"]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(
+    synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One ``python -m fedvssl.main`` run of SMOKE, shared by the tests that only read it."""
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "fedvssl.main", f"hydra.run.dir={run_dir}",
+         f"data_dir={synthetic_data_dir}", *SMOKE],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    return run_dir, done
 
 
 @pytest.fixture(scope="session")

@@ -103,3 +103,32 @@ def test_bad_partition_file_raises_a_clear_error(
     )
     with pytest.raises(ValueError, match=r"client_dist1\.json"):
         train_locally(settings, 0, 1, global_model(1), partial=True)
+
+
+@pytest.mark.usefixtures("_task_identity")
+def test_a_node_without_its_partition_replies_an_error_and_logs_one_line(
+    synthetic_data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+    from fedvssl.client_app import train_reply
+
+    settings = settings_for(synthetic_data_dir, tmp_path / "results")  # 2 partitions prepared
+    arrays = ArrayRecord(global_model(1))
+    content = RecordDict(
+        {"arrays": arrays, "config": ConfigRecord({"server-round": 1, "partial-update": True})}
+    )
+    msg = Message(content=content, dst_node_id=5, message_type=MessageType.TRAIN)
+    node = Context(run_id=1, node_id=5, node_config={"partition-id": 2}, state=RecordDict(),
+                   run_config={})  # fmt: skip
+    with caplog.at_level("ERROR", logger="fedvssl"):
+        reply = train_reply(lambda _: settings, msg, node)
+    assert reply.has_error()
+    reason = str(reply.error.reason)
+    assert reason.startswith("client 3: FileNotFoundError: partition 2 is not on this node")
+    assert "client_dist3.json does not exist" in reason and "--node-config" in reason
+    assert [r.getMessage() for r in caplog.records] == [f"round 1, {reason}"]
+
+    unnamed = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
+    reply = train_reply(lambda _: settings, msg, unnamed)
+    assert reply.has_error() and "this node has no partition-id" in str(reply.error.reason)

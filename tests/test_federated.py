@@ -25,7 +25,7 @@ from fedvssl.checkpoints import load_global_checkpoint
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
+TINY = [  # conftest.SMOKE, the run of the smoke_run fixture
     "experiment=smoke",  # 2 clients, 2 rounds, width 16, 8x32x32 clips, batch 2
     "client_resources.num_cpus=1",
     "log_interval=2",
@@ -53,10 +53,9 @@ def checkpoint(run_dir: Path, server_round: int) -> dict[str, np.ndarray]:
 
 
 def test_two_rounds_write_checkpoints_logs_and_metrics(
-    synthetic_data_dir: Path, tmp_path: Path
+    smoke_run: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
-    run_dir = tmp_path / "run"
-    done = run_main(run_dir, synthetic_data_dir)
+    run_dir, done = smoke_run  # python -m fedvssl.main with TINY
     assert done.returncode == 0, done.stdout + done.stderr
 
     state = checkpoint(run_dir, 2)

@@ -9,6 +9,7 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from fedvssl.run_config import (
+    ConfigValue,
     RunConfigError,
     compose_config,
     hydra_overrides,
@@ -20,7 +21,7 @@ from fedvssl.settings import pretraining
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def app_config() -> dict[str, object]:
+def app_config() -> dict[str, ConfigValue]:
     """The [tool.flwr.app.config] of pyproject.toml, flattened with dots as Flower does."""
     from flwr.common.config import flatten_dict
 
@@ -28,10 +29,12 @@ def app_config() -> dict[str, object]:
     return dict(flatten_dict(project["tool"]["flwr"]["app"]["config"]))
 
 
-def context(run_config: dict[str, object], node_config: dict[str, object] | None = None) -> Context:
+def context(
+    run_config: dict[str, ConfigValue], node_config: dict[str, ConfigValue] | None = None
+) -> Context:
     return Context(
-        run_id=42, node_id=7, node_config=dict(node_config or {"partition-id": 0}),  # type: ignore[arg-type]
-        state=RecordDict(), run_config=run_config,  # type: ignore[arg-type]
+        run_id=42, node_id=7, node_config=dict(node_config or {"partition-id": 0}),
+        state=RecordDict(), run_config=run_config,
     )  # fmt: skip
 
 
@@ -72,7 +75,7 @@ def test_keys_are_overrides_of_values_and_groups() -> None:
     [({"pretext": "jigsaw"}, "pretext"), ({"overrides": "no_such_key=1"}, "no_such_key")],
 )
 def test_a_config_that_does_not_compose_is_one_clear_line(
-    change: dict[str, object], message: str
+    change: dict[str, ConfigValue], message: str
 ) -> None:
     with pytest.raises(RunConfigError) as caught:
         compose_config(app_config() | change)
@@ -93,7 +96,7 @@ def test_a_node_reads_its_own_data_annotations_and_results_folder(tmp_path: Path
     assert shared.partition_file(1).name == "client_dist2.json"
     assert shared.width == 16 and shared.crop_size == 32  # the experiment's values
 
-    node = {
+    node: dict[str, ConfigValue] = {
         "partition-id": 1, "data-dir": str(tmp_path / "node_data"),
         "annotations": str(tmp_path / "mine.json"), "results-dir": str(tmp_path / "node_out"),
     }  # fmt: skip

@@ -23,7 +23,6 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedvssl.strategy import (
     FedVSSL,
@@ -404,13 +403,6 @@ class _FakeGrid:
         return list(self.node_ids)
 
 
-@pytest.fixture
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Building an instruction Message needs the identity a running ServerApp would have.
-    for name in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, name, 1)
-
-
 def _sampled(strategy: FedVSSL, server_round: int, grid: _FakeGrid) -> list[int]:
     arrays = ArrayRecord({KEYS[0]: Array(X1)})
     messages = list(
@@ -446,3 +438,22 @@ def test_configure_train_falls_back_to_flwr_sampling() -> None:
     grid = _FakeGrid([11, 22, 33, 44])
     nodes = _sampled(_strategy(clients_per_round=3), 1, grid)
     assert len(nodes) == 3 and set(nodes) <= {11, 22, 33, 44}
+
+
+@pytest.mark.usefixtures("_task_identity")
+def test_a_node_that_stays_silent_is_a_reported_failure() -> None:
+    from fedvssl.server_app import report_silent_nodes
+
+    strategy = _strategy(min_fit_clients=1)
+    strategy.node_partitions = {100: 0, 101: 1, 102: 2}
+    sent = [
+        Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+        for node in (100, 101, 102)
+    ]
+    replies = _two_replies()  # from nodes 100 and 101; node 102 vanished mid-round
+    arrays, _ = strategy.aggregate_train(1, iter(replies))
+    report_silent_nodes(strategy, sent, replies, timeout=30)
+    assert arrays is not None and strategy.last_round is not None
+    assert strategy.last_round.failures == [
+        "partition 2 (node 102): no reply within round_timeout=30 s"
+    ]
