@@ -12,8 +12,13 @@ Each round a sampled client (reference §6.1, minus its bugs):
    mean loss of the pretext's trivial prediction on the same batches (``trivial-loss``: CtP's
    "nothing moves", ln of the number of classes for VCOP and Speed) and its ``partition-id``.
 
-The model is built once per worker process and reused across rounds and clients. A client uses
-the GPU when Ray gives it one (``client_resources.num_gpus``).
+The model is built once per worker process and reused across rounds and clients (a SuperNode
+starts a process per message). A client uses the GPU when it has one (``client_resources.num_gpus``
+under Ray).
+
+``make_client_app`` builds the app of ``python -m fedvssl.main`` from settings made once; the
+module-level ``app`` is the one ``flwr run`` loads, which makes them from the run config and the
+node's node config (partition, data, results folder: :mod:`fedvssl.run_config`).
 """
 
 from __future__ import annotations

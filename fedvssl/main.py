@@ -31,7 +31,7 @@ def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
     """Run the federated pre-training; returns the last round's mean client loss."""
     from fedvssl.client_app import make_client_app
     from fedvssl.server_app import RunStateError, make_server_app, resumable_state
-    from fedvssl.settings import ensure_dataset, pretraining
+    from fedvssl.settings import announce, ensure_dataset, pretraining
     from fedvssl.simulation import simulate
 
     run = pretraining(cfg, run_dir)
@@ -45,11 +45,7 @@ def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
         evaluate_fn = make_round_evaluator(run.evaluation)
     sink: dict[str, Any] = {}
     resources = cfg["client_resources"]
-    logger.info(
-        "FedVSSL (%s pretext, %s, alpha %.2f, beta %.2f): %d clients, %d rounds, %s data in %s",
-        server.pretext.name, server.strategy.name, server.strategy.alpha, server.strategy.beta,
-        server.pool_size, server.rounds, cfg["dataset"]["name"], cfg["dataset"]["root"],
-    )  # fmt: skip
+    announce(run, cfg)
     simulate(
         make_server_app(server, evaluate_fn=evaluate_fn, history_config=cfg, sink=sink),
         make_client_app(run.clients),

@@ -18,6 +18,7 @@ A SuperNode's node config (``flower-supernode --node-config``) says where its da
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -81,14 +82,7 @@ def compose_config(
     run_config: Mapping[str, ConfigValue], extra: Iterable[str] = ()
 ) -> dict[str, Any]:
     """Compose conf/ with the run config's overrides, then ``extra`` ones (a fresh dict)."""
-    composed = _compose((*hydra_overrides(run_config), *extra))
-    return cast(dict[str, Any], _deep_copy(composed))
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    return [_deep_copy(v) for v in value] if isinstance(value, list) else value
+    return copy.deepcopy(_compose((*hydra_overrides(run_config), *extra)))
 
 
 def run_dir_of(context: Context) -> str:
@@ -99,7 +93,7 @@ def run_dir_of(context: Context) -> str:
 
 
 def log_to(run_dir: str) -> None:
-    """Send the run's log lines to the console and ``<run dir>/server.log`` (once per process)."""
+    """Send the run's log lines to the console and ``<run dir>/server.log`` (replacing earlier)."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     formatter = logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [
@@ -125,11 +119,12 @@ def server_run(context: Context) -> tuple[ServerSettings, EvaluateFn | None, dic
     real dataset lives on the nodes, so the server does not look for it unless it evaluates.
     """
     from fedvssl.server_app import resumable_state
-    from fedvssl.settings import ensure_dataset, pretraining
+    from fedvssl.settings import announce, ensure_dataset, pretraining
 
     cfg = compose_config(context.run_config)
     log_to(run_dir_of(context))
     run = pretraining(cfg, run_dir_of(context))
+    announce(run, cfg)
     if cfg["dataset"].get("auto_prepare") or run.evaluation is not None:
         ensure_dataset(cfg["dataset"], cfg["data_dir"], run.server.pool_size)
     resumable_state(run.server)
@@ -151,9 +146,11 @@ def node_client_settings(context: Context) -> ClientSettings:
     cfg = compose_config(context.run_config, extra)
     pretext = pretext_from_mapping(cfg["pretext"], cfg["ctp"])
     settings = client_settings(cfg, run_dir_of(context), pretext)
-    own = {k: str(Path(str(v)).resolve()) for k, v in node.items()}
+    paths = {
+        k: str(Path(str(node[k])).resolve()) for k in ("annotations", "results-dir") if k in node
+    }
     return dataclasses.replace(
         settings,
-        annotations=own.get("annotations", settings.annotations),
-        results_dir=own.get("results-dir", settings.results_dir),
+        annotations=paths.get("annotations", settings.annotations),
+        results_dir=paths.get("results-dir", settings.results_dir),
     )

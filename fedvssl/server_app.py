@@ -11,7 +11,11 @@ aggregates the replies (FedVSSL: alpha/beta mix; see :mod:`fedvssl.strategy`), t
   (retrieval R@1 of the backbone; also before round 1).
 
 With ``resume`` the run continues after the last complete round of its results folder, with the
-same result as an uninterrupted run.
+same result as an uninterrupted run. A sampled client that fails, or does not answer within
+``round_timeout``, is reported and the round aggregates the others.
+
+``make_server_app`` builds the app of ``python -m fedvssl.main``; the module-level ``app`` is the
+one ``flwr run`` loads, configured from its run config (:mod:`fedvssl.run_config`).
 """
 
 from __future__ import annotations

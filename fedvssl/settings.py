@@ -169,3 +169,13 @@ def pretraining(cfg: dict[str, Any], run_dir: str) -> Pretraining:
     server = server_settings(cfg, run_dir, pretext)
     evaluation = round_evaluation(cfg) if server.evaluate_every > 0 else None
     return Pretraining(server, client_settings(cfg, run_dir, pretext), evaluation)
+
+
+def announce(run: Pretraining, cfg: dict[str, Any]) -> None:
+    """Log the run's one-line summary, before any round."""
+    server = run.server
+    logger.info(
+        "FedVSSL (%s pretext, %s, alpha %.2f, beta %.2f): %d clients, %d rounds, %s data in %s",
+        server.pretext.name, server.strategy.name, server.strategy.alpha, server.strategy.beta,
+        server.pool_size, server.rounds, cfg["dataset"]["name"], cfg["dataset"]["root"],
+    )  # fmt: skip

@@ -272,20 +272,31 @@ def ray_head() -> Iterator[tuple[str, Path]]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_simulation_joins_a_running_ray_cluster(
+def test_simulation_joins_a_running_ray_cluster_and_survives_a_failing_client(
     synthetic_data_dir: Path, tmp_path: Path, ray_head: tuple[str, Path]
 ) -> None:
     address, temp = ray_head
+    annotations = tmp_path / "broken_annotations"  # client 2's partition file is not JSON
+    annotations.mkdir()
+    partitions = synthetic_data_dir / "synthetic" / "annotations" / "client_distribution"
+    (annotations / "client_dist1.json").write_text((partitions / "client_dist1.json").read_text())
+    (annotations / "client_dist2.json").write_text("this is not json")
     run_dir = tmp_path / "run"
     done = subprocess.run(
         [
             sys.executable, "-m", "fedvssl.main", f"hydra.run.dir={run_dir}",
-            f"data_dir={synthetic_data_dir}", *TINY.split(), f"ray_init_args.address={address}",
+            f"data_dir={synthetic_data_dir}", *TINY.split(), "rounds=1",
+            f"dataset.partition_template='{annotations}/client_dist{{client}}.json'",
+            f"ray_init_args.address={address}",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(checkpoint(run_dir, 2)) == 126
+    assert len(checkpoint(run_dir, 1)) == 126
+    record = json.loads((run_dir / "metrics.json").read_text())["rounds"][0]
+    assert [c["id"] for c in record["clients"]] == [1]  # client 2 failed: reported, not fatal
+    assert record["aggregated"] and len(record["failures"]) == 1
+    assert record["failures"][0].startswith("partition 1: client 2: ValueError:")
     # the client actors ran on the cluster's node (their logs are in its session), which lives on
     logs = temp / "session_latest" / "logs"
     assert any("ClientAppActor" in p.read_text(errors="replace") for p in logs.glob("worker-*"))

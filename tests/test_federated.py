@@ -2,7 +2,8 @@
 
 Each run is a separate process (as a user runs it): 2 clients, a width-16 model on 8-frame 32 px
 clips. Checked: checkpoints, client logs, metrics, the plot, resume after a kill, a two-job
-multirun, a failing client, the VCOP and Speed pretexts, and the one-line errors.
+multirun of the VCOP and Speed pretexts, and the one-line errors. (A failing client:
+test_deployment.py, on a Ray cluster.)
 """
 
 from __future__ import annotations
@@ -105,110 +106,72 @@ def test_two_rounds_write_checkpoints_logs_and_metrics(
     assert f"({ratio:.2f} of trivial)" in done.stdout
 
 
-@pytest.mark.parametrize(
-    ("pretext", "entries", "classes", "other"),
-    [("vcop", 124, 6, "speed"), ("speed", 122, 7, "ctp")],
-)
-def test_other_pretexts_train_two_rounds_with_the_same_strategy(
-    synthetic_data_dir: Path, tmp_path: Path, pretext: str, entries: int, classes: int, other: str
-) -> None:
-    run_dir = tmp_path / "run"
-    done = run_main(run_dir, synthetic_data_dir, f"pretext={pretext}")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"FedVSSL ({pretext} pretext, fedvssl," in done.stdout
-
-    state = checkpoint(run_dir, 2)
-    assert len(state) == entries and list(state)[:120] == list(checkpoint(run_dir, 1))[:120]
-    assert all(k.startswith(("backbone.", "head.")) for k in state)
-    for client in (1, 2):  # partial update: each client keeps its own head on disk
-        client_dir = run_dir / "fedvssl_results" / f"client{client}"
-        head = torch.load(client_dir / "head-round-2.pt", weights_only=True)
-        assert sorted(head) == sorted(k for k in state if k.startswith("head."))
-        log = next(client_dir.glob("*.log.json")).read_text().splitlines()[0]
-        assert {"loss_cls", "accuracy", "trivial_loss"} <= set(json.loads(log))
-    last = json.loads((run_dir / "metrics.json").read_text())["rounds"][-1]
-    assert last["trivial_loss"] == pytest.approx(math.log(classes))
-    assert f"({last['train_loss'] / last['trivial_loss']:.2f} of trivial)" in done.stdout
-
-    # the folder's model is this pretext's: resuming it as another is one clear line
-    wrong = run_main(run_dir, synthetic_data_dir, f"pretext={other}", "resume=true")
-    assert wrong.returncode == 2
-    errors = [line for line in wrong.stdout.splitlines() if "error:" in line]
-    assert len(errors) == 1 and f"does not hold this run's {other} model" in errors[0]
-
-
-def test_killed_run_resumes_to_the_same_final_checkpoint(
+def test_multirun_of_the_other_pretexts_runs_each_job_in_its_own_folder(
     synthetic_data_dir: Path, tmp_path: Path
 ) -> None:
-    rounds = ["rounds=3"]
-    straight = tmp_path / "straight"
-    assert run_main(straight, synthetic_data_dir, *rounds).returncode == 0
-
-    killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        main_command(killed, synthetic_data_dir, *rounds), cwd=ROOT, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    second = killed / "fedvssl_results" / "round-2-weights.array.npz"
-    deadline = time.monotonic() + 300
-    while not second.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (killed / "fedvssl_results" / "round-3-weights.array.npz").exists()
-
-    resumed = run_main(killed, synthetic_data_dir, *rounds, "resume=true")
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "resuming after round 2" in resumed.stdout
-    final, expected = checkpoint(killed, 3), checkpoint(straight, 3)
-    assert list(final) == list(expected)
-    for key in expected:
-        np.testing.assert_array_equal(final[key], expected[key], err_msg=key)
-    metrics = json.loads((killed / "metrics.json").read_text())
-    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
-
-
-def test_multirun_runs_each_job_in_its_own_folder(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    """One Hydra multirun over pretext=vcop,speed: two 2-round jobs with the same strategy."""
     sweep = tmp_path / "sweep"
     done = subprocess.run(
         [
             sys.executable, "-m", "fedvssl.main", "--multirun", f"hydra.sweep.dir={sweep}",
-            f"data_dir={synthetic_data_dir}", *TINY, "rounds=1", "strategy.alpha=0,1",
+            f"data_dir={synthetic_data_dir}", *TINY, "pretext=vcop,speed",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    for job in ("0", "1"):
-        assert (sweep / job / "fedvssl_results" / "round-1-weights.array.npz").is_file()
-        assert json.loads((sweep / job / "metrics.json").read_text())["rounds"]
-    alphas = [
-        json.loads((sweep / j / "metrics.json").read_text())["config"]["strategy"]["alpha"]
-        for j in "01"
-    ]
-    assert sorted(alphas) == [0, 1]
+    for job, (pretext, entries, classes) in enumerate([("vcop", 124, 6), ("speed", 122, 7)]):
+        run_dir = sweep / str(job)
+        assert f"FedVSSL ({pretext} pretext, fedvssl," in done.stdout
+        state = checkpoint(run_dir, 2)
+        assert len(state) == entries and list(state)[:120] == list(checkpoint(run_dir, 1))[:120]
+        assert all(k.startswith(("backbone.", "head.")) for k in state)
+        for client in (1, 2):  # partial update: each client keeps its own head on disk
+            client_dir = run_dir / "fedvssl_results" / f"client{client}"
+            head = torch.load(client_dir / "head-round-2.pt", weights_only=True)
+            assert sorted(head) == sorted(k for k in state if k.startswith("head."))
+            log = next(client_dir.glob("*.log.json")).read_text().splitlines()[0]
+            assert {"loss_cls", "accuracy", "trivial_loss"} <= set(json.loads(log))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["config"]["pretext"]["name"] == pretext
+        last = metrics["rounds"][-1]
+        assert last["trivial_loss"] == pytest.approx(math.log(classes))
+        assert f"({last['train_loss'] / last['trivial_loss']:.2f} of trivial)" in done.stdout
+
+    # the folder's model is VCOP's: resuming it as Speed is one clear line
+    wrong = run_main(sweep / "0", synthetic_data_dir, "pretext=speed", "resume=true")
+    assert wrong.returncode == 2
+    errors = [line for line in wrong.stdout.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "does not hold this run's speed model" in errors[0]
 
 
-def test_failing_client_is_reported_and_the_others_aggregated(
-    synthetic_data_dir: Path, tmp_path: Path
+def test_killed_run_resumes_to_the_same_final_checkpoint(
+    synthetic_data_dir: Path,
+    tmp_path: Path,
+    smoke_run: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
-    annotations = tmp_path / "broken_annotations"
-    annotations.mkdir()
-    partitions = synthetic_data_dir / "synthetic" / "annotations" / "client_distribution"
-    (annotations / "client_dist1.json").write_text((partitions / "client_dist1.json").read_text())
-    (annotations / "client_dist2.json").write_text("this is not json")
-    run_dir = tmp_path / "run"
-    done = run_main(
-        run_dir,
-        synthetic_data_dir,
-        "rounds=1",
-        f"dataset.partition_template='{annotations}/client_dist{{client}}.json'",
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    record = json.loads((run_dir / "metrics.json").read_text())["rounds"][0]
-    assert [c["id"] for c in record["clients"]] == [1]
-    assert record["aggregated"] and len(record["failures"]) == 1
-    assert "client 2" in record["failures"][0]
-    assert (run_dir / "fedvssl_results" / "round-1-weights.array.npz").is_file()
+    straight, _ = smoke_run  # the same 2-round run, uninterrupted
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        main_command(killed, synthetic_data_dir), cwd=ROOT, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    first = killed / "fedvssl_results" / "round-1-weights.array.npz"
+    deadline = time.monotonic() + 300
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "fedvssl_results" / "round-2-weights.array.npz").exists()
+
+    resumed = run_main(killed, synthetic_data_dir, "resume=true")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming after round 1" in resumed.stdout
+    final, expected = checkpoint(killed, 2), checkpoint(straight, 2)
+    assert list(final) == list(expected)
+    for key in expected:
+        np.testing.assert_array_equal(final[key], expected[key], err_msg=key)
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
 
 
 @pytest.mark.parametrize(

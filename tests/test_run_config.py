@@ -42,13 +42,10 @@ def test_the_default_run_config_composes_to_the_hydra_default() -> None:
     assert all(value == "" for value in app_config().values())  # every number stays in conf/
     assert hydra_overrides(app_config()) == []
     from hydra import compose, initialize
-
-    from fedvssl.run_config import _deep_copy
+    from omegaconf import OmegaConf
 
     with initialize(config_path="../conf", version_base="1.3"):
-        from omegaconf import OmegaConf
-
-        hydra_default = _deep_copy(OmegaConf.to_container(compose("base"), resolve=True))
+        hydra_default = OmegaConf.to_container(compose("base"), resolve=True)
     assert compose_config(app_config()) == hydra_default
 
 
