@@ -29,14 +29,16 @@ logger = logging.getLogger("fedvssl")
 
 def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
     """Run the federated pre-training; returns the last round's mean client loss."""
+    from fedvssl.settings import RunStateError, announce, check_config, ensure_dataset, pretraining
+
+    check_config(cfg)  # bad input and missing data end here, in seconds: torch is not loaded yet
+    ensure_dataset(cfg["dataset"], cfg["data_dir"], int(cfg["pool_size"]))
     from fedvssl.client_app import make_client_app
-    from fedvssl.server_app import RunStateError, make_server_app, resumable_state
-    from fedvssl.settings import announce, ensure_dataset, pretraining
+    from fedvssl.server_app import make_server_app, resumable_state
     from fedvssl.simulation import simulate
 
     run = pretraining(cfg, run_dir)
     server = run.server
-    ensure_dataset(cfg["dataset"], cfg["data_dir"], server.pool_size)
     resumable_state(server)  # a run folder that does not fit: one line, before Ray starts
     evaluate_fn = None
     if run.evaluation is not None:

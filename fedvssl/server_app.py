@@ -41,15 +41,12 @@ from fedvssl.checkpoints import (
     save_global_checkpoint,
 )
 from fedvssl.history import History, RoundRecord
+from fedvssl.settings import RunStateError
 from fedvssl.strategy import FedVSSL, StrategySettings
 
 logger = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[int, dict[str, np.ndarray]], dict[str, float]]
-
-
-class RunStateError(RuntimeError):
-    """The run folder does not fit the request (e.g. old checkpoints without ``resume``)."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedvssl.strategy_config import resolve_strategy
+
 if TYPE_CHECKING:
     from CtP.pretext import Pretext
     from fedvssl.client_app import ClientSettings
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
     from fedvssl.server_app import ServerSettings
 
 logger = logging.getLogger("fedvssl")
+
+
+class RunStateError(RuntimeError):
+    """The run folder does not fit the request (e.g. old checkpoints without ``resume``)."""
 
 
 class DataNotReadyError(RuntimeError):
@@ -53,7 +59,6 @@ def ensure_dataset(dataset: dict[str, Any], data_dir: str, pool_size: int) -> No
 def server_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> ServerSettings:
     """Read the server's settings from the composed config."""
     from fedvssl.server_app import ServerSettings
-    from fedvssl.strategy_config import resolve_strategy
 
     return ServerSettings(
         run_dir=run_dir,
@@ -136,19 +141,18 @@ def check_config(cfg: dict[str, Any]) -> None:
         raise ValueError("clip_len and crop_size must be multiples of 8 (the backbone strides)")
     if int(cfg["rounds"]) < 1:
         raise ValueError(f"rounds must be at least 1, got {cfg['rounds']}")
+    resolve_strategy(cfg["strategy"])  # its aliases and ranges
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """Errors whose message tells the user what to do; anything else is a bug (traceback kept)."""
-    from fedvssl.checkpoints import CheckpointError
-    from fedvssl.data.errors import DataError
-    from fedvssl.server_app import RunStateError
-    from fedvssl.strategy_config import StrategyConfigError
+    """Errors whose message tells the user what to do; anything else is a bug (traceback kept).
 
-    return (
-        DataError, StrategyConfigError, DataNotReadyError, RunStateError, CheckpointError,
-        ValueError, FileNotFoundError,
-    )  # fmt: skip
+    It imports no torch, so that bad input ends at once. The config and checkpoint errors
+    (``StrategyConfigError``, ``CheckpointError``, ``RunConfigError``, ...) are ValueErrors.
+    """
+    from fedvssl.data.errors import DataError
+
+    return DataError, DataNotReadyError, RunStateError, ValueError, FileNotFoundError
 
 
 @dataclass(frozen=True)

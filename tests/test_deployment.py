@@ -214,8 +214,6 @@ def test_federation_with_tls_and_node_authentication(
                 "--auth-supernode-private-key", str(keys / node), "--port", str(free_port()),
                 "--node-config", node_config,
             )  # fmt: skip
-        assert procs.started["stranger"].wait(timeout=120) != 0  # refused, and it does not retry
-
         run_dir = tmp_path / "run"
         overrides = f"{TINY} dataset.auto_prepare=false round_timeout=300"
         done = subprocess.run(
@@ -224,6 +222,8 @@ def test_federation_with_tls_and_node_authentication(
             cwd=ROOT, env=flower_env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr + procs.log("superlink")
+        assert procs.started["stranger"].wait(timeout=120) != 0  # refused, and it does not retry
+        assert "Failed to activate SuperNode" in procs.log("stranger")
         state = checkpoint(run_dir, 2)
         assert len(state) == 126 and list(state)[-1] == "head.pred_head.bias"
         metrics = json.loads((run_dir / "metrics.json").read_text())
