@@ -71,7 +71,7 @@ def _compose(overrides: tuple[str, ...]) -> dict[str, Any]:
             cfg = compose(config_name="base", overrides=list(overrides))
         return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     except Exception as err:  # Hydra's own errors say which override is wrong
-        message = " ".join(str(err).split())
+        message = " ".join(str(err).split()).split(" Config search path")[0]  # not where it looked
         raise RunConfigError(
             f"the run config does not compose ({message}): its keys are Hydra overrides of "
             "conf/base.yaml, see [tool.flwr.app.config] in pyproject.toml"

@@ -78,6 +78,7 @@ def test_a_config_that_does_not_compose_is_one_clear_line(
         compose_config(app_config() | change)
     text = str(caught.value)
     assert "\n" not in text and message in text and "[tool.flwr.app.config]" in text
+    assert "search path" not in text
 
 
 def test_run_dir_is_the_given_folder_or_one_per_run(tmp_path: Path) -> None:
