@@ -22,32 +22,26 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedvssl.settings import user_errors
+from fedvssl import settings
 
 logger = logging.getLogger("fedvssl")
 
 
 def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
     """Run the federated pre-training; returns the last round's mean client loss."""
-    from fedvssl.settings import RunStateError, announce, check_config, ensure_dataset, pretraining
-
-    check_config(cfg)  # bad input and missing data end here, in seconds: torch is not loaded yet
-    ensure_dataset(cfg["dataset"], cfg["data_dir"], int(cfg["pool_size"]))
+    settings.check_config(cfg)  # bad input and missing data end here, in seconds: no torch yet
+    settings.ensure_dataset(cfg["dataset"], cfg["data_dir"], int(cfg["pool_size"]))
     from fedvssl.client_app import make_client_app
     from fedvssl.server_app import make_server_app, resumable_state
     from fedvssl.simulation import simulate
 
-    run = pretraining(cfg, run_dir)
+    run = settings.pretraining(cfg, run_dir)
     server = run.server
     resumable_state(server)  # a run folder that does not fit: one line, before Ray starts
-    evaluate_fn = None
-    if run.evaluation is not None:
-        from fedvssl.evaluation import make_round_evaluator  # torch-heavy: only when asked for
-
-        evaluate_fn = make_round_evaluator(run.evaluation)
+    evaluate_fn = settings.round_evaluator(run)
     sink: dict[str, Any] = {}
     resources = cfg["client_resources"]
-    announce(run, cfg)
+    settings.announce(run, cfg)
     simulate(
         make_server_app(server, evaluate_fn=evaluate_fn, history_config=cfg, sink=sink),
         make_client_app(run.clients),
@@ -58,7 +52,7 @@ def pretrain(cfg: dict[str, Any], run_dir: str) -> float | None:
     )
     history = sink.get("history")
     if history is None:
-        raise RunStateError("the server ended without a history; see the log above")
+        raise settings.RunStateError("the server ended without a history; see the log above")
     logger.info("done: %s", history.summary())
     logger.info("checkpoints and client logs: %s; metrics: %s", server.results_dir, history.path)
     last = history.rounds[-1].train_loss if history.rounds else None
@@ -83,7 +77,7 @@ def main(cfg: DictConfig) -> float | None:
             run_downstream(plain, run_dir, pretrained=cfg.pretrained_model_path)
             return None
         return pretrain(plain, run_dir)
-    except user_errors() as err:
+    except settings.user_errors() as err:
         fail(err)
 
 

@@ -119,33 +119,26 @@ def server_run(context: Context) -> tuple[ServerSettings, EvaluateFn | None, dic
     real dataset lives on the nodes, so the server does not look for it unless it evaluates.
     """
     from fedvssl.server_app import resumable_state
-    from fedvssl.settings import announce, ensure_dataset, pretraining
+    from fedvssl.settings import announce, ensure_dataset, pretraining, round_evaluator
 
-    cfg = compose_config(context.run_config)
-    log_to(run_dir_of(context))
-    run = pretraining(cfg, run_dir_of(context))
+    cfg, run_dir = compose_config(context.run_config), run_dir_of(context)
+    log_to(run_dir)
+    run = pretraining(cfg, run_dir)
     announce(run, cfg)
     if cfg["dataset"].get("auto_prepare") or run.evaluation is not None:
         ensure_dataset(cfg["dataset"], cfg["data_dir"], run.server.pool_size)
     resumable_state(run.server)
-    evaluate_fn = None
-    if run.evaluation is not None:
-        from fedvssl.evaluation import make_round_evaluator
-
-        evaluate_fn = make_round_evaluator(run.evaluation)
-    return run.server, evaluate_fn, cfg
+    return run.server, round_evaluator(run), cfg
 
 
 def node_client_settings(context: Context) -> ClientSettings:
     """Build the client settings of this run on this node (its data, annotations, results)."""
-    from CtP.pretext import pretext_from_mapping
-    from fedvssl.settings import client_settings
+    from fedvssl.settings import pretraining
 
     node = context.node_config
     extra = [override("data_dir", node["data-dir"])] if "data-dir" in node else []
     cfg = compose_config(context.run_config, extra)
-    pretext = pretext_from_mapping(cfg["pretext"], cfg["ctp"])
-    settings = client_settings(cfg, run_dir_of(context), pretext)
+    settings = pretraining(cfg, run_dir_of(context)).clients  # the server's checks, on the node
     paths = {
         k: str(Path(str(node[k])).resolve()) for k in ("annotations", "results-dir") if k in node
     }

@@ -272,10 +272,12 @@ def report_silent_nodes(
     strategy: FedVSSL, messages: list[Message], replies: list[Message], timeout: float
 ) -> None:
     """Count a sampled node that did not answer within the round timeout as a failed client."""
-    answered = {r.metadata.src_node_id for r in replies}
     report = strategy.last_round
+    if report is None:
+        return
+    answered = {r.metadata.src_node_id for r in replies}
     for node in (m.metadata.dst_node_id for m in messages):
-        if node not in answered and report is not None:
+        if node not in answered:
             who = f"partition {strategy.node_partitions.get(node, '?')} (node {node})"
             report.failures.append(f"{who}: no reply within round_timeout={timeout:g} s")
             logger.warning("round %d: %s sent no reply", report.server_round, who)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from CtP.pretext import Pretext
     from fedvssl.client_app import ClientSettings
     from fedvssl.evaluation import RoundEvaluation
-    from fedvssl.server_app import ServerSettings
+    from fedvssl.server_app import EvaluateFn, ServerSettings
 
 logger = logging.getLogger("fedvssl")
 
@@ -173,6 +173,15 @@ def pretraining(cfg: dict[str, Any], run_dir: str) -> Pretraining:
     server = server_settings(cfg, run_dir, pretext)
     evaluation = round_evaluation(cfg) if server.evaluate_every > 0 else None
     return Pretraining(server, client_settings(cfg, run_dir, pretext), evaluation)
+
+
+def round_evaluator(run: Pretraining) -> EvaluateFn | None:
+    """Build the server's per-round retrieval once (None when ``evaluate_every`` is 0)."""
+    if run.evaluation is None:
+        return None
+    from fedvssl.evaluation import make_round_evaluator  # torch-heavy: only when asked for
+
+    return make_round_evaluator(run.evaluation)
 
 
 def announce(run: Pretraining, cfg: dict[str, Any]) -> None:
