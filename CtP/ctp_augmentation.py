@@ -8,11 +8,12 @@ brightness and contrast. The clip operations themselves live in :mod:`CtP.transf
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from CtP.patches import PatchMask, PatchMaskParams
+from CtP.patches import PatchMask, PatchMaskParams, PatchPlan, paste
 from CtP.sampling import interpolate_keys, sample_key_frames
 from CtP.transforms import (
     add_clipped,
@@ -20,7 +21,6 @@ from CtP.transforms import (
     check_clip,
     multiply_clipped,
     normalize_clip,
-    random_crop,
     resize_clip,
     scale_to_crop,
     short_side_size,
@@ -52,6 +52,26 @@ def dynamic_schedule(
     """
     keys = sample_key_frames(num_frames, key_frame_probs, rng)
     return interpolate_keys(rng.uniform(-delta, delta, size=len(keys)), keys, "random", rng)
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """Every random choice of one CtP clip (:meth:`CtPAugmentation.plan`)."""
+
+    size: tuple[int, int]  # (width, height) of the short-side resize
+    crop: tuple[int, int]  # (x, y) of the crop's top-left corner in the resized frames
+    flip: bool
+    patches: PatchPlan
+    hue_sat: tuple[float, float] | None  # (hue shift, saturation factor), or no change
+    brightness: np.ndarray | None  # [T] float32 offsets, or no change
+    contrast: np.ndarray | None  # [T] float32 factors, or no change
+
+    def targets(self) -> dict[str, torch.Tensor]:
+        """Return the targets: ``gt_trajs`` float32 ``[N, T, 4]``, ``visible`` bool ``[N, T]``."""
+        return {
+            "gt_trajs": torch.from_numpy(self.patches.boxes.astype(np.float32)),
+            "visible": torch.from_numpy(self.patches.visible),
+        }
 
 
 class CtPAugmentation:
@@ -128,32 +148,51 @@ class CtPAugmentation:
             boxes ``(x1, y1, x2, y2)`` in pixels of the crop; ``visible`` bool ``[N, T]``.
         """
         check_clip(frames, min_frames=2)
+        num_frames, height, width = frames.shape[:3]
+        plan = self.plan(num_frames, height, width, rng)
+        return {"imgs": normalize_clip(self.apply(frames, plan))} | plan.targets()
+
+    def plan(self, num_frames: int, height: int, width: int, rng: np.random.Generator) -> ClipPlan:
+        """Draw every random choice for a ``[num_frames, height, width]`` clip (§3.2 steps 1-7).
+
+        The clip's pixels are not needed: a loader worker can plan a clip whose JPEGs it has not
+        decoded, and :mod:`CtP.device_augmentation` applies the plan on the GPU. The draws come in
+        the order the pipeline has always made them, so a seed gives the same clip either way.
+        """
         short = self.scales[int(rng.integers(len(self.scales)))]
-        height, width = frames.shape[1:3]
-        clip = resize_clip(frames, *short_side_size(height, width, short))
-        clip = random_crop(clip, self.crop_size, rng)
-        if rng.random() < self.flip_prob:
-            clip = clip[:, :, ::-1]
-        pasted, boxes, visible = self.patch_mask(np.ascontiguousarray(clip), rng)
-        colour: np.ndarray = pasted  # [T, S, S, 3], float32 after brightness or contrast
+        size = short_side_size(height, width, short)  # (width, height) after the resize
+        y = int(rng.integers(0, size[1] - self.crop_size + 1))
+        x = int(rng.integers(0, size[0] - self.crop_size + 1))
+        flip = bool(rng.random() < self.flip_prob)
+        patches = self.patch_mask.plan(num_frames, self.crop_size, self.crop_size, rng)
+        hue_sat = None
         if rng.random() < self.hue_sat_prob:
             hue = rng.uniform(-self.hue_delta, self.hue_delta)
             saturation = np.exp(rng.uniform(-self.saturation_delta, self.saturation_delta))
-            colour = adjust_hue_saturation(colour, hue, saturation)
-        num_frames = len(colour)
+            hue_sat = (float(hue), float(saturation))
+        brightness = contrast = None
         if rng.random() < self.brightness_prob:
-            offsets = dynamic_schedule(
+            brightness = dynamic_schedule(
                 num_frames, self.brightness_delta, self.brightness_key_frame_probs, rng
-            )
-            colour = add_clipped(colour, offsets.astype(np.float32)[:, None, None, None])
+            ).astype(np.float32)  # [T] offsets
         if rng.random() < self.contrast_prob:
             log_factors = dynamic_schedule(
                 num_frames, self.contrast_delta, self.contrast_key_frame_probs, rng
             )
-            factors = np.exp(log_factors).astype(np.float32)[:, None, None, None]
-            colour = multiply_clipped(colour, factors)
-        return {
-            "imgs": normalize_clip(colour),
-            "gt_trajs": torch.from_numpy(boxes.astype(np.float32)),
-            "visible": torch.from_numpy(visible),
-        }
+            contrast = np.exp(log_factors).astype(np.float32)  # [T] factors
+        return ClipPlan(size, (x, y), flip, patches, hue_sat, brightness, contrast)
+
+    def apply(self, frames: np.ndarray, plan: ClipPlan) -> np.ndarray:
+        """Carry out a plan on the CPU: the clip ``[T, S, S, 3]`` in ``0..255``, not normalised."""
+        x, y = plan.crop
+        clip = resize_clip(frames, *plan.size)[:, y : y + self.crop_size, x : x + self.crop_size]
+        if plan.flip:
+            clip = clip[:, :, ::-1]
+        colour: np.ndarray = paste(np.ascontiguousarray(clip), plan.patches)  # [T, S, S, 3]
+        if plan.hue_sat is not None:
+            colour = adjust_hue_saturation(colour, *plan.hue_sat)
+        if plan.brightness is not None:
+            colour = add_clipped(colour, plan.brightness[:, None, None, None])
+        if plan.contrast is not None:
+            colour = multiply_clipped(colour, plan.contrast[:, None, None, None])
+        return colour

@@ -109,17 +109,22 @@ class ZipFrameSource:
 
     def read_clip(self, name: str, choose: IndexChooser) -> Frames:
         """Decode the chosen frames of one video."""
+        try:
+            return np.stack([_decode_jpeg(data) for data in self.read_jpegs(name, choose)])
+        except cv2.error as err:
+            raise VideoReadError(f"{self.root / self.template.format(name=name)}: {err}") from err
+
+    def read_jpegs(self, name: str, choose: IndexChooser) -> list[bytes]:
+        """Read the chosen frames of one video as JPEG files, without decoding them."""
         path = self.root / self.template.format(name=name)
         try:
             with zipfile.ZipFile(path) as archive:
                 num_frames = sum(1 for n in archive.namelist() if n.endswith(".jpg"))
                 if num_frames == 0:
                     raise VideoReadError(f"{path} holds no frames")
-                indices = choose(num_frames)
-                frames = [_decode_jpeg(archive.read(f"img_{i + 1:05d}.jpg")) for i in indices]
-        except (OSError, KeyError, zipfile.BadZipFile, cv2.error) as err:
+                return [archive.read(f"img_{i + 1:05d}.jpg") for i in choose(num_frames)]
+        except (OSError, KeyError, zipfile.BadZipFile) as err:
             raise VideoReadError(f"{path}: {err}") from err
-        return np.stack(frames)
 
 
 def _decode_jpeg(data: bytes) -> np.ndarray:

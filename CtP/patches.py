@@ -114,13 +114,25 @@ class PatchMaskParams:
 
 
 @dataclass(frozen=True)
-class _Layer:
-    """One trajectory's appearance: source frame, source crop, base alpha mask, opacity."""
+class PatchPlan:
+    """Every random choice of one clip's patches; pasting it is deterministic (§3.3).
 
-    source: int
-    crop: np.ndarray  # [h_s, w_s, 3] uint8, the source frame at its box
-    base_alpha: np.ndarray  # [h_s, w_s] float32
-    opacity: np.ndarray  # [T] float64
+    The plan depends on the clip's shape only, not on its pixels, so it can be drawn where the
+    frames are not decoded yet (a loader worker) and applied elsewhere (on the GPU, in a batch:
+    :mod:`CtP.device_augmentation`).
+    """
+
+    boxes: np.ndarray  # [N, T, 4] int64 (x1, y1, x2, y2): the targets, and where to paste
+    visible: np.ndarray  # [N, T] bool: pasted on that frame
+    sources: np.ndarray  # [N] int64: the frame each patch is cut from, at its box there
+    alphas: tuple[np.ndarray, ...]  # N x [h_s, w_s] float32 base alpha at the source box size
+    opacity: np.ndarray  # [N, T] float64
+    highlight: float  # blend of the patch content toward white
+
+    def paste_order(self) -> np.ndarray:
+        """Patch indices, large ones first (by mean box area; ties keep their order) (§3.3.8)."""
+        sizes = (self.boxes[..., 2:] - self.boxes[..., :2]).mean(axis=1)  # [N, 2] mean (w, h)
+        return np.argsort(-(sizes[:, 0] * sizes[:, 1]), kind="stable")
 
 
 class PatchMask:
@@ -163,17 +175,30 @@ class PatchMask:
         """
         _check_frames(frames, self.params.min_size)
         num_frames, height, width = frames.shape[:3]
+        plan = self.plan(num_frames, height, width, rng)
+        return paste(frames, plan), plan.boxes, plan.visible
+
+    def plan(self, num_frames: int, height: int, width: int, rng: np.random.Generator) -> PatchPlan:
+        """Draw the patches of a ``[num_frames, height, width]`` clip without looking at it.
+
+        The draws come in the order :meth:`__call__` has always made them, so a seed gives the
+        same patches whichever way the plan is applied.
+        """
         initial = self._initial_boxes(width, height, rng)  # [N, 4]
         trajs = self._move(initial, width, height, num_frames, rng)  # [N, T, 4]
         boxes = _integer_boxes(trajs, width, height)  # [N, T, 4]
-        layers, visible = [], np.zeros((len(boxes), num_frames), dtype=bool)
+        num_patches = len(boxes)
+        sources = np.zeros(num_patches, dtype=np.int64)
+        visible = np.zeros((num_patches, num_frames), dtype=bool)
+        opacity = np.zeros((num_patches, num_frames), dtype=np.float64)
+        alphas = []
         for i, box in enumerate(boxes):
-            layer = self._make_layer(frames, box, rng)
+            sources[i], alpha, opacity[i] = self._layer(box, num_frames, rng)
+            alphas.append(alpha)
             u = np.asarray(rng.random(num_frames), dtype=np.float64)
-            u[[0, layer.source]] = 0.0
+            u[[0, sources[i]]] = 0.0
             visible[i] = u <= self.params.label_prob
-            layers.append(layer)
-        return _paste(frames, boxes, layers, visible), boxes, visible
+        return PatchPlan(boxes, visible, sources, tuple(alphas), opacity, self.params.highlight)
 
     def _initial_boxes(self, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
         """Anchor shape with jitter at a uniform position (§3.3.1): ``[N, 4]`` float boxes."""
@@ -219,17 +244,17 @@ class PatchMask:
         trajs[..., 1::2] = np.clip(trajs[..., 1::2], 0, height)
         return trajs.transpose(1, 0, 2)
 
-    def _make_layer(self, frames: np.ndarray, box: np.ndarray, rng: np.random.Generator) -> _Layer:
-        """Source frame, crop, alpha mask and opacity schedule of one trajectory (§3.3.5-6)."""
+    def _layer(
+        self, box: np.ndarray, num_frames: int, rng: np.random.Generator
+    ) -> tuple[int, np.ndarray, np.ndarray]:
+        """Source frame, base alpha mask and opacity schedule of one trajectory (§3.3.5-6)."""
         p = self.params
-        source = int(rng.integers(len(frames)))
+        source = int(rng.integers(num_frames))
         x1, y1, x2, y2 = box[source]
-        crop = _highlighted(frames[source, y1:y2, x1:x2], p.highlight)  # [h_s, w_s, 3]
-        base_alpha = _base_alpha(int(x2 - x1), int(y2 - y1), p, rng)
-        keys = sample_key_frames(len(frames), p.key_frame_probs, rng)
+        base_alpha = _base_alpha(int(x2 - x1), int(y2 - y1), p, rng)  # [h_s, w_s]
+        keys = sample_key_frames(num_frames, p.key_frame_probs, rng)
         key_opacity = rng.uniform(*p.opacity_range, size=len(keys))
-        opacity = interpolate_keys(key_opacity, keys, "uniform")  # [T]
-        return _Layer(source, crop, base_alpha, opacity)
+        return source, base_alpha, interpolate_keys(key_opacity, keys, "uniform")  # [T] opacity
 
 
 def _check_frames(frames: np.ndarray, min_size: float) -> None:
@@ -285,23 +310,39 @@ def _base_alpha(
     return alpha  # [h, w]
 
 
-def _paste(
-    frames: np.ndarray, boxes: np.ndarray, layers: list[_Layer], visible: np.ndarray
-) -> np.ndarray:
-    """Blend the patches into a copy of the clip, large ones first (§3.3.8)."""
+def paste(frames: np.ndarray, plan: PatchPlan) -> np.ndarray:
+    """Blend a plan's patches into a copy of the clip, large ones first (§3.3.5-8).
+
+    Each patch is the source frame at its box there (blended toward white by ``highlight``),
+    resized with its alpha mask to the box of every frame it is visible on (OpenCV bilinear).
+
+    Parameters
+    ----------
+    frames
+        ``[T, H, W, 3]`` uint8 clip, the shape the plan was drawn for.
+    plan
+        From :meth:`PatchMask.plan`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The pasted clip, uint8 ``[T, H, W, 3]``.
+    """
     out = frames.copy()  # [T, H, W, 3]
-    sizes = (boxes[..., 2:] - boxes[..., :2]).mean(axis=1)  # [N, 2] mean (w, h)
-    order = np.argsort(-(sizes[:, 0] * sizes[:, 1]), kind="stable")
+    crops = []
+    for i, source in enumerate(plan.sources):
+        x1, y1, x2, y2 = plan.boxes[i, source]
+        crops.append(_highlighted(frames[source, y1:y2, x1:x2], plan.highlight))  # [h_s, w_s, 3]
+    order = plan.paste_order()
     for t in range(len(frames)):
         for i in order:
-            if not visible[i, t]:
+            if not plan.visible[i, t]:
                 continue
-            x1, y1, x2, y2 = (int(v) for v in boxes[i, t])
-            layer = layers[i]
+            x1, y1, x2, y2 = (int(v) for v in plan.boxes[i, t])
             dsize = (x2 - x1, y2 - y1)
-            patch = cv2.resize(layer.crop, dsize, interpolation=cv2.INTER_LINEAR)  # [h, w, 3]
-            alpha = cv2.resize(layer.base_alpha, dsize, interpolation=cv2.INTER_LINEAR)
-            alpha = (alpha * layer.opacity[t])[..., None]  # [h, w, 1] float64
+            patch = cv2.resize(crops[i], dsize, interpolation=cv2.INTER_LINEAR)  # [h, w, 3]
+            alpha = cv2.resize(plan.alphas[i], dsize, interpolation=cv2.INTER_LINEAR)
+            alpha = (alpha * plan.opacity[i, t])[..., None]  # [h, w, 1] float64
             region = out[t, y1:y2, x1:x2]
             # uint8 truncation of the blended value, as the reference
             out[t, y1:y2, x1:x2] = (region * (1.0 - alpha) + patch * alpha).astype(np.uint8)

@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def _init_worker(worker_id: int) -> None:
 
 
 def make_loader(
-    dataset: Dataset[Batch],
+    dataset: Dataset[Any],
     *,
     batch_size: int,
     workers: int = 0,
@@ -56,8 +57,14 @@ def make_loader(
     seed: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
-) -> DataLoader[Batch]:
-    """Build a DataLoader with a seeded shuffle and single-threaded workers."""
+    sampler: Sampler[Any] | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> DataLoader[Any]:
+    """Build a DataLoader with a seeded shuffle and single-threaded workers.
+
+    With a ``sampler`` (which then does the shuffling) the workers persist: the loader can be
+    iterated again, pointed at other samples by its sampler, without starting new workers.
+    """
     if workers > 0:
         # Workers are forked: OpenCV's thread pool must not exist when they are, or a worker can
         # hang on a lock held by a pool thread that was not copied. One thread is also what the
@@ -67,13 +74,15 @@ def make_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         drop_last=drop_last,
         pin_memory=pin_memory,
         generator=generator,
         worker_init_fn=_init_worker if workers > 0 else None,
-        persistent_workers=False,
+        persistent_workers=workers > 0 and sampler is not None,
+        collate_fn=collate_fn,
     )
 
 
@@ -161,6 +170,7 @@ def train_one_epoch(
     log_interval: int = 10,
     progress: bool = True,
     loss_fn: LossFn | None = None,
+    prepare: Callable[[dict[str, Any]], Batch] | None = None,
 ) -> EpochResult:
     """Train ``model`` for one pass over ``loader``.
 
@@ -190,6 +200,9 @@ def train_one_epoch(
         Show a progress bar.
     loss_fn
         ``batch -> dict of losses``; defaults to ``model(**batch)``.
+    prepare
+        ``loader batch -> model batch on the device``; defaults to moving every tensor there
+        (:class:`CtP.device_augmentation.DeviceAugmentation` decodes and augments there too).
 
     Returns
     -------
@@ -197,6 +210,7 @@ def train_one_epoch(
         The mean training loss and its terms, iterations, samples, skipped videos and seconds.
     """
     compute = loss_fn or (lambda batch: model(**batch))
+    to_inputs = prepare or (lambda batch: _to_device(batch, device, channels_last))
     model.train()
     lr = float(optimizer.param_groups[0]["lr"])
     interval = _IntervalLog(log_path, epoch, lr)
@@ -207,7 +221,7 @@ def train_one_epoch(
     for iteration, (batch, data_time) in enumerate(_timed(loader), start=1):
         step_start = time.perf_counter()
         result.skipped += int(batch.pop("skipped").sum()) if "skipped" in batch else 0
-        inputs = _to_device(batch, device, channels_last)
+        inputs = to_inputs(batch)
         with autocast(device, bf16):
             losses = compute(inputs)
         loss = training_loss(losses)

@@ -28,7 +28,6 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,57 +37,16 @@ from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from CtP.datasets import SkippingDataset, load_annotations, open_frame_source
+from CtP.device_augmentation import DeviceAugmentation
 from CtP.pretext import Pretext
-from CtP.recipe import CtPRecipe
-from CtP.train import build_optimizer, make_loader, train_one_epoch
+from CtP.train import build_optimizer, train_one_epoch
+from fedvssl.client_data import ClientSettings, augments_on_device, round_loader
 from fedvssl.data.atomic import atomic_path
 from fedvssl.simulation import quiet_flower_logging
 
 logger = logging.getLogger(__name__)
 
 CLIENT_ERROR = 100  # error code of a client whose local training raised
-
-
-@dataclass(frozen=True)
-class ClientSettings:
-    """Everything a client needs, from the run's config (plain values, picklable for Ray)."""
-
-    results_dir: str  # <run dir>/fedvssl_results
-    dataset_root: str
-    frames: str  # "zip" or "video"
-    zip_template: str
-    video_template: str
-    partition_template: str  # relative to dataset_root, with {client}
-    width: int
-    clip_len: int
-    crop_size: int
-    batch_size: int
-    workers: int
-    local_epochs: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    grad_clip: float
-    seed: int
-    bf16: bool
-    channels_last: bool
-    log_interval: int
-    progress: bool
-    num_threads: int  # torch threads of a CPU client (its Ray num_cpus)
-    pretext: Pretext = field(default_factory=CtPRecipe)  # conf/pretext/ (and conf/ctp/ for CtP)
-    annotations: str | None = None  # a node's own annotation list, instead of its partition file
-
-    def client_dir(self, partition_id: int) -> Path:
-        """``client{N}``, N = partition id + 1, as the original numbers clients."""
-        return Path(self.results_dir) / f"client{partition_id + 1}"
-
-    def partition_file(self, partition_id: int) -> Path:
-        """Return the annotation file of a client's videos (the node's own list, if it has one)."""
-        if self.annotations:
-            return Path(self.annotations)
-        name = self.partition_template.format(client=partition_id + 1)
-        return Path(self.dataset_root) / name
 
 
 _MODELS: dict[tuple[Pretext, int, int, str], nn.Module] = {}
@@ -104,6 +62,22 @@ def cached_model(pretext: Pretext, width: int, clip_len: int, device: torch.devi
     if key not in _MODELS:
         _MODELS[key] = pretext.build_model(width=width, clip_len=clip_len).to(device)
     return _MODELS[key]
+
+
+def compiled(model: nn.Module, enabled: bool) -> nn.Module:
+    """``torch.compile(model)``, made once per model and kept, when ``enabled``; else the model.
+
+    The compiled module shares the model's parameters, so loading and reading the state dict
+    still go through the model itself (no ``_orig_mod.`` prefix in the arrays).
+    """
+    if not enabled:
+        return model
+    if id(model) not in _COMPILED:
+        _COMPILED[id(model)] = cast(nn.Module, torch.compile(model))
+    return _COMPILED[id(model)]
+
+
+_COMPILED: dict[int, nn.Module] = {}
 
 
 def is_local(key: str) -> bool:
@@ -145,28 +119,6 @@ def start_state(
     return {k: own_head.get(k, v) if is_local(k) else v for k, v in global_state.items()}
 
 
-def build_dataset(settings: ClientSettings, partition_id: int) -> SkippingDataset:
-    """Build the client's pretext dataset over its partition."""
-    annotations = settings.partition_file(partition_id)
-    if not annotations.is_file():
-        raise FileNotFoundError(
-            f"partition {partition_id} is not on this node ({annotations} does not exist): "
-            "prepare it with dataset_preparation.py --num-clients N, or point the node's "
-            "data-dir or annotations at it (--node-config)"
-        )
-    source = open_frame_source(
-        settings.frames, settings.dataset_root,
-        zip_template=settings.zip_template, video_template=settings.video_template,
-    )  # fmt: skip
-    return settings.pretext.dataset(
-        load_annotations(annotations),
-        source,
-        clip_len=settings.clip_len,
-        crop_size=settings.crop_size,
-        seed=settings.seed * 1000 + partition_id,
-    )
-
-
 def train_locally(
     settings: ClientSettings,
     partition_id: int,
@@ -180,7 +132,8 @@ def train_locally(
         torch.set_num_threads(max(1, settings.num_threads))
     torch.manual_seed(settings.seed * 1_000_003 + server_round * 1009 + partition_id)
     client_dir = settings.client_dir(partition_id)
-    dataset = build_dataset(settings, partition_id)
+    on_device = augments_on_device(settings, device)
+    prepare = DeviceAugmentation(settings.crop_size, device, settings.channels_last)
 
     model = cached_model(settings.pretext, settings.width, settings.clip_len, device)
     own_head = load_own_head(client_dir, server_round) if partial else None
@@ -191,19 +144,16 @@ def train_locally(
     log_path = client_dir / f"{time.strftime('%Y%m%d_%H%M%S')}.log.json"
     losses, trivial, skipped, seconds = [], [], 0, 0.0
     for epoch in range(settings.local_epochs):
-        dataset.set_epoch((server_round - 1) * settings.local_epochs + epoch)
-        loader = make_loader(
-            dataset,
-            batch_size=settings.batch_size,
-            workers=settings.workers,
-            seed=settings.seed * 7919 + server_round * 31 + partition_id,
-            pin_memory=device.type == "cuda",
-        )
+        loader, dataset = round_loader(
+            settings, partition_id, epoch=(server_round - 1) * settings.local_epochs + epoch,
+            seed=settings.seed * 7919 + server_round * 31 + partition_id, device=device,
+        )  # fmt: skip
         result = train_one_epoch(
-            model, loader, optimizer, device=device, epoch=epoch + 1,
-            grad_clip=settings.grad_clip, bf16=settings.bf16,
+            compiled(model, settings.compile), loader, optimizer, device=device,
+            epoch=epoch + 1, grad_clip=settings.grad_clip, bf16=settings.bf16,
             channels_last=settings.channels_last, log_path=log_path,
             log_interval=settings.log_interval, progress=settings.progress,
+            prepare=prepare if on_device else None,
         )  # fmt: skip
         losses.append(result.loss)
         trivial.append(result.terms.get("trivial_loss", math.nan))

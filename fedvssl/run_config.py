@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 from flwr.app import Context
 
 if TYPE_CHECKING:
-    from fedvssl.client_app import ClientSettings
+    from fedvssl.client_data import ClientSettings
     from fedvssl.server_app import EvaluateFn, ServerSettings
 
 logger = logging.getLogger("fedvssl")

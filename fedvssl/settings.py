@@ -18,7 +18,7 @@ from fedvssl.strategy_config import resolve_strategy
 
 if TYPE_CHECKING:
     from CtP.pretext import Pretext
-    from fedvssl.client_app import ClientSettings
+    from fedvssl.client_data import ClientSettings
     from fedvssl.evaluation import RoundEvaluation
     from fedvssl.server_app import EvaluateFn, ServerSettings
 
@@ -79,7 +79,7 @@ def server_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> Serv
 
 def client_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> ClientSettings:
     """Read the clients' settings from the composed config."""
-    from fedvssl.client_app import ClientSettings
+    from fedvssl.client_data import ClientSettings
 
     dataset, optimizer = cfg["dataset"], cfg["optimizer"]
     return ClientSettings(
@@ -106,6 +106,8 @@ def client_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> Clie
         progress=bool(cfg["progress"]),
         num_threads=max(1, int(cfg["client_resources"]["num_cpus"])),
         pretext=pretext,
+        augment=str(cfg.get("augment", "cpu")),
+        compile=bool(cfg.get("compile", False)),
     )
 
 
@@ -142,6 +144,14 @@ def check_config(cfg: dict[str, Any]) -> None:
     if int(cfg["rounds"]) < 1:
         raise ValueError(f"rounds must be at least 1, got {cfg['rounds']}")
     resolve_strategy(cfg["strategy"])  # its aliases and ranges
+    augment = cfg.get("augment", "cpu")
+    if augment not in ("auto", "cpu", "device"):
+        raise ValueError(f"augment must be auto, cpu or device, got {augment!r}")
+    if augment == "device" and cfg["pretext"]["name"] != "ctp":
+        raise ValueError(
+            f"augment=device supports the ctp pretext only, not {cfg['pretext']['name']}: "
+            "use augment=cpu or augment=auto"
+        )
 
 
 def user_errors() -> tuple[type[Exception], ...]:

@@ -140,16 +140,22 @@ def test_client_epoch_report(ucf_like: Path) -> None:
         *TINY_INPUT,
         *["--data", str(ucf_like), *TINY_CLIP, "--repeat", "2", "--workers", "0", "1"],
         *["--batch", "4", "--width", "8", "--warmup-steps", "1", "--threads", "1"],
-        *["--device", "cpu"],
+        *["--device", "cpu", "--augment", "cpu", "device", "--epochs", "2"],
+        *["--model-steps", "2"],
     )
     assert report["precision"] == "fp32"  # autocast and layout apply on CUDA only
     assert report["iterations_per_epoch"] == 2  # 6 clips in batches of 4
-    for workers, result in zip([0, 1], report["results"], strict=True):
-        assert result["workers"] == workers
+    model_rate = report["model_only"]["clips_per_s"]
+    assert report["model_only"]["steps"] == 2 and model_rate > 0
+    runs = [(a, w, e) for a in ("cpu", "device") for w in (0, 1) for e in (1, 2)]
+    assert [(r["augment"], r["workers"], r["epoch"]) for r in report["results"]] == runs
+    for result in report["results"]:
         assert (result["clips"], result["iterations"], result["skipped_videos"]) == (6, 2, 0)
         assert 0 <= result["data_time_share_after_first"] <= 1
         assert 0 < result["data_time_share"] < 1
         assert result["clips_per_s"] == pytest.approx(6 / result["seconds"], rel=1e-2)
+        assert result["of_model_only"] == pytest.approx(result["clips_per_s"] / model_rate, 1e-2)
+        assert math.isfinite(result["loss"]) and result["loss"] > 0
 
 
 def test_trajectories_are_boxes_and_nothing_needs_pyav_or_flower() -> None:

@@ -1,0 +1,374 @@
+"""CtP's clip pipeline on a batch of device tensors: decode, scale, crop, flip, paste, colour.
+
+The CPU pipeline (:class:`CtP.ctp_augmentation.CtPAugmentation`) decodes and augments each clip
+in a loader worker. On a GPU those workers become the bottleneck, so this module takes over the
+work after the random choices: a worker draws each clip's :class:`~CtP.ctp_augmentation.ClipPlan`
+(which needs the frame size only) and hands over the JPEG bytes of the sampled frames (or, for
+video files, the decoded uint8 frames); the training process decodes the whole batch on the
+device (:func:`decode_clips`) and carries the plans out as batched tensor operations
+(:func:`augment_batch`).
+
+Both paths carry out the same plans, so they draw from the same distribution by construction;
+every operation here reproduces its OpenCV counterpart (bilinear resizes with half-pixel centres
+and rounding to uint8, the truncating alpha blend, OpenCV's 8-bit HSV conversion) up to the
+fixed-point rounding of OpenCV's resize, which moves a pixel by at most one level.
+tests/test_device_augmentation.py compares the two on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from CtP.ctp_augmentation import ClipPlan, CtPAugmentation
+from CtP.datasets import Annotation, FrameSource, SkippingDataset, VideoReadError, ZipFrameSource
+from CtP.patches import PatchPlan
+from CtP.sampling import random_clip_indices
+from CtP.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+HSV_SHIFT = 12  # OpenCV's fixed-point shift of its 8-bit RGB -> HSV tables
+HUE_RANGE = 180  # OpenCV's 8-bit hue: 0..179, half degrees
+
+
+def decode_clips(encoded: Sequence[Sequence[Tensor]], device: torch.device) -> list[Tensor]:
+    """Decode every clip's JPEG frames in one batched call on ``device``.
+
+    Parameters
+    ----------
+    encoded
+        Per clip, its frames' JPEG files as 1-D uint8 CPU tensors.
+    device
+        Where to decode (``cuda`` uses nvJPEG; ``cpu`` libjpeg-turbo).
+
+    Returns
+    -------
+    list[Tensor]
+        Per clip, uint8 ``[T, 3, H, W]`` RGB frames on ``device``.
+    """
+    flat = [frame for clip in encoded for frame in clip]
+    with warnings.catch_warnings():
+        # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec, whose
+        # wheels need the system's FFmpeg libraries; decode_jpeg itself is unchanged
+        warnings.simplefilter("ignore", DeprecationWarning)
+        images = decode_jpeg(flat, mode=ImageReadMode.RGB, device=device)  # list of [3, H, W]
+    clips, start = [], 0
+    for clip in encoded:
+        clips.append(torch.stack(images[start : start + len(clip)]))
+        start += len(clip)
+    return clips
+
+
+def resize_crop_flip(frames: Tensor, plan: ClipPlan, crop_size: int) -> Tensor:
+    """Scale, crop and flip one clip as its plan says (§3.2 steps 1-3).
+
+    Parameters
+    ----------
+    frames
+        uint8 ``[T, 3, H, W]``.
+    plan
+        The clip's plan.
+    crop_size
+        Side ``S`` of the crop.
+
+    Returns
+    -------
+    Tensor
+        float32 ``[T, 3, S, S]`` with integer values in ``0..255`` (the resize rounds, as
+        OpenCV's on uint8 frames).
+    """
+    width, height = plan.size
+    x, y = plan.crop
+    clip = frames.float()
+    if clip.shape[-2:] != (height, width):
+        clip = F.interpolate(clip, size=(height, width), mode="bilinear", align_corners=False)
+        clip = clip.round_().clamp_(0, 255)
+    clip = clip[..., y : y + crop_size, x : x + crop_size]
+    return clip.flip(-1) if plan.flip else clip
+
+
+def _stack_patches(plans: Sequence[PatchPlan], device: torch.device) -> dict[str, Tensor]:
+    """Stack the batch's patch plans into tensors, alpha masks padded to the largest box."""
+    height = max(a.shape[0] for p in plans for a in p.alphas)
+    width = max(a.shape[1] for p in plans for a in p.alphas)
+    alphas = np.zeros((len(plans), len(plans[0].alphas), height, width), dtype=np.float32)
+    for b, plan in enumerate(plans):
+        for i, alpha in enumerate(plan.alphas):
+            alphas[b, i, : alpha.shape[0], : alpha.shape[1]] = alpha
+    arrays = {
+        "boxes": np.stack([p.boxes for p in plans]),  # [B, N, T, 4]
+        "visible": np.stack([p.visible for p in plans]),  # [B, N, T]
+        "sources": np.stack([p.sources for p in plans]),  # [B, N]
+        "opacity": np.stack([p.opacity for p in plans]).astype(np.float32),  # [B, N, T]
+        "order": np.stack([p.paste_order() for p in plans]),  # [B, N]
+        "highlight": np.array([p.highlight for p in plans], dtype=np.float32),  # [B]
+        "alphas": alphas,  # [B, N, Hs, Ws]
+    }
+    return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+
+
+Axis = tuple[Tensor, Tensor, Tensor]  # lower index, upper index, upper weight: [B, T, S] each
+
+
+def _source_coords(
+    start: Tensor, end: Tensor, source_size: Tensor, side: int
+) -> tuple[Axis, Tensor]:
+    """OpenCV's bilinear map from a box's pixels back into the source crop, along one axis.
+
+    ``start``, ``end``: ``[B, T]`` box edges; ``source_size``: ``[B]`` crop side. Returns, for
+    every pixel ``0..side-1`` of the frame, the source indices and weight (``[B, T, side]``)
+    and whether the pixel lies in the box.
+    """
+    pixels = torch.arange(side, device=start.device, dtype=torch.float32)  # [side]
+    size = (end - start).float()[..., None]  # [B, T, 1]
+    last = (source_size.float() - 1)[:, None, None]  # [B, 1, 1]
+    pos = (pixels - start[..., None] + 0.5) * source_size[:, None, None] / size - 0.5
+    pos = torch.minimum(pos.clamp(min=0), last)  # [B, T, side], OpenCV replicates the border
+    low = pos.floor()
+    high = torch.minimum(low + 1, last)
+    inside = (pixels >= start[..., None]) & (pixels < end[..., None])
+    return (low.long(), high.long(), pos - low), inside
+
+
+def _bilinear(image: Tensor, y: Axis, x: Axis) -> Tensor:
+    """Sample ``image [B, C, H, W]`` at the rows of ``y``, columns of ``x``: ``[B, T, S, S, C]``."""
+    b = torch.arange(len(image), device=image.device)[:, None, None, None]
+
+    def at(rows: Tensor, cols: Tensor) -> Tensor:
+        return image[b, :, rows[..., :, None], cols[..., None, :]]  # [B, T, S, S, C]
+
+    fy, fx = y[2][..., :, None, None], x[2][..., None, :, None]
+    top = at(y[0], x[0]) * (1 - fx) + at(y[0], x[1]) * fx
+    bottom = at(y[1], x[0]) * (1 - fx) + at(y[1], x[1]) * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _shifted(axis: Axis, offset: Tensor) -> Axis:
+    """Move an axis's indices by ``offset [B]`` (crop -> frame coordinates)."""
+    return axis[0] + offset[:, None, None], axis[1] + offset[:, None, None], axis[2]
+
+
+def paste_batch(clips: Tensor, patches: Sequence[PatchPlan]) -> Tensor:
+    """Blend every clip's patches in, large ones first, as :func:`CtP.patches.paste` (§3.3).
+
+    Parameters
+    ----------
+    clips
+        float32 ``[B, T, 3, S, S]`` with integer values (the cropped clips).
+    patches
+        Each clip's patch plan (the same number of patches in all).
+
+    Returns
+    -------
+    Tensor
+        float32 ``[B, T, 3, S, S]``, integer-valued: the pasted clips.
+    """
+    height, width = clips.shape[-2:]
+    p = _stack_patches(patches, clips.device)
+    rows = torch.arange(len(clips), device=clips.device)
+    shade = p["highlight"][:, None, None, None, None]  # [B, 1, 1, 1, 1]
+    shaded = (clips * (1 - shade) + 255 * shade).round()  # the patches' content, toward white
+    out = clips.clone()
+    for rank in range(p["order"].shape[1]):
+        i = p["order"][:, rank]  # [B] the patch pasted at this rank
+        boxes = p["boxes"][rows, i]  # [B, T, 4]
+        source = p["sources"][rows, i]  # [B]
+        src = boxes[rows, source]  # [B, 4] the box on the source frame
+        x, in_x = _source_coords(boxes[..., 0], boxes[..., 2], src[:, 2] - src[:, 0], width)
+        y, in_y = _source_coords(boxes[..., 1], boxes[..., 3], src[:, 3] - src[:, 1], height)
+        frame = shaded[rows, source]  # [B, 3, S, S]
+        patch = _bilinear(frame, _shifted(y, src[:, 1]), _shifted(x, src[:, 0])).round()
+        alpha = _bilinear(p["alphas"][rows, i][:, None], y, x)[..., 0]  # [B, T, S, S]
+        alpha = (alpha * p["opacity"][rows, i][..., None, None])[:, :, None]  # [B, T, 1, S, S]
+        visible = p["visible"][rows, i]  # [B, T]
+        mask = in_y[..., :, None] & in_x[..., None, :] & visible[..., None, None]  # [B, T, S, S]
+        # uint8 truncation of the blended value, as the reference
+        blended = (out * (1 - alpha) + patch.permute(0, 1, 4, 2, 3) * alpha).floor()
+        out = torch.where(mask[:, :, None], blended, out)
+    return out
+
+
+def rgb_to_hsv(rgb: Tensor) -> Tensor:
+    """OpenCV's 8-bit RGB -> HSV (hue 0..179), exactly, on integer-valued ``[..., 3, H, W]``."""
+    r, g, b = rgb.long().unbind(-3)
+    v = torch.maximum(torch.maximum(r, g), b)
+    diff = v - torch.minimum(torch.minimum(r, g), b)
+    one = 1 << (HSV_SHIFT - 1)
+    s_table = torch.where(v > 0, torch.round((255 << HSV_SHIFT) / v.clamp(min=1)), 0).long()
+    s = (diff * s_table + one) >> HSV_SHIFT
+    h_raw = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    h_table = torch.where(
+        diff > 0, torch.round((HUE_RANGE << HSV_SHIFT) / (6 * diff.clamp(min=1))), 0
+    ).long()
+    h = (h_raw * h_table + one) >> HSV_SHIFT
+    h = torch.where(h < 0, h + HUE_RANGE, h)
+    return torch.stack([h, s, v], dim=-3).float()
+
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """OpenCV's 8-bit HSV (hue 0..179) -> RGB on ``[..., 3, H, W]``, rounded to ``0..255``."""
+    h, s, v = hsv.unbind(-3)
+    h, s, v = h * (6.0 / HUE_RANGE), s / 255.0, v / 255.0
+    h = torch.where(h >= 6, h - 6, h)
+    sector = h.floor()
+    f = h - sector
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    table = torch.stack([v, p, q, t], dim=-1)  # [..., H, W, 4]: the values a channel takes
+    # per sector, (r, g, b) as indices into (v, p, q, t)
+    pick = torch.tensor([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]],
+                        device=hsv.device)  # fmt: skip
+    index = pick[sector.long().clamp(0, 5)]  # [..., H, W, 3]
+    rgb = torch.gather(table, -1, index).movedim(-1, -3)  # [..., 3, H, W]
+    rgb = torch.where((s == 0)[..., None, :, :], v[..., None, :, :], rgb)
+    return (rgb * 255).round().clamp(0, 255)
+
+
+def adjust_hue_saturation(clips: Tensor, hue_sat: Tensor, applied: Tensor) -> Tensor:
+    """Shift hue and scale saturation per clip, as :func:`CtP.transforms.adjust_hue_saturation`.
+
+    ``clips``: float ``[B, T, 3, S, S]`` integer-valued; ``hue_sat``: ``[B, 2]`` (shift, factor);
+    ``applied``: bool ``[B]``, the clips that change.
+    """
+    hsv = rgb_to_hsv(clips)
+    shift = hue_sat[:, 0, None, None, None]  # [B, 1, 1, 1]
+    factor = hue_sat[:, 1, None, None, None]
+    h = torch.clamp(torch.round(torch.clamp(hsv[:, :, 0] + shift, 0, 255)), max=HUE_RANGE - 1)
+    s = torch.round(torch.clamp(hsv[:, :, 1] * factor, 0, 255))
+    changed = hsv_to_rgb(torch.stack([h, s, hsv[:, :, 2]], dim=2))
+    return torch.where(applied[:, None, None, None, None], changed, clips)
+
+
+def augment_batch(frames: Sequence[Tensor], plans: Sequence[ClipPlan], crop_size: int) -> Tensor:
+    """Carry out a batch of CtP clip plans on the frames' device (§3.2 steps 1-8).
+
+    Parameters
+    ----------
+    frames
+        Per clip, uint8 ``[T, 3, H, W]`` RGB frames (sizes may differ between clips).
+    plans
+        Per clip, its plan (:meth:`CtP.ctp_augmentation.CtPAugmentation.plan`).
+    crop_size
+        Side ``S`` of the clips.
+
+    Returns
+    -------
+    Tensor
+        float32 ``[B, 3, T, S, S]``, normalised with the ImageNet mean and std.
+    """
+    pairs = zip(frames, plans, strict=True)
+    clips = torch.stack([resize_crop_flip(f, p, crop_size) for f, p in pairs])  # [B, T, 3, S, S]
+    clips = paste_batch(clips, [p.patches for p in plans])  # [B, T, 3, S, S]
+    device, num_frames = clips.device, clips.shape[1]
+    hue = torch.tensor([p.hue_sat or (0.0, 1.0) for p in plans], device=device)  # [B, 2]
+    hue_applied = torch.tensor([p.hue_sat is not None for p in plans], device=device)
+    if bool(hue_applied.any()):
+        clips = adjust_hue_saturation(clips, hue, hue_applied)
+    ones = np.ones(num_frames, dtype=np.float32)
+    offsets = np.stack([p.brightness if p.brightness is not None else 0 * ones for p in plans])
+    factors = np.stack([p.contrast if p.contrast is not None else ones for p in plans])
+    clips = (clips + torch.from_numpy(offsets).to(device)[:, :, None, None, None]).clamp(0, 255)
+    clips = (clips * torch.from_numpy(factors).to(device)[:, :, None, None, None]).clamp(0, 255)
+    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None, None]  # [3, 1, 1, 1]
+    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None, None]
+    return (clips.transpose(1, 2) / 255.0 - mean) / std  # [B, 3, T, S, S]
+
+
+class PlannedClips(SkippingDataset):
+    """CtP samples for the device path: the sampled frames, still encoded, and the clip's plan.
+
+    The frames and plans are those :class:`CtP.datasets.CtPDataset` would draw with the same seed
+    (the same random stream, in the same order). A sample is ``{"frames": ..., "plan":
+    ClipPlan, "gt_trajs": [N, T, 4]}``, where ``frames`` is the list of the clip's JPEG files
+    (1-D uint8 tensors) for zips of frames, or uint8 ``[T, 3, H, W]`` frames for video files.
+    Batch the samples with :func:`collate_planned`.
+    """
+
+    def __init__(
+        self,
+        annotations: Sequence[Annotation],
+        source: FrameSource,
+        augmentation: CtPAugmentation,
+        *,
+        clip_len: int = 16,
+        strides: Sequence[int] = (1, 2, 3, 4, 5),  # reference §3.1, as CtPDataset
+        temporal_jitter: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(annotations, source, seed)
+        self.augmentation = augmentation
+        self.clip_len = clip_len
+        self.strides = tuple(strides)
+        self.temporal_jitter = temporal_jitter
+
+    def _make(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        def choose(n: int) -> np.ndarray:
+            return random_clip_indices(n, self.clip_len, self.strides, self.temporal_jitter, rng)
+
+        name = self.annotations[index].name
+        frames: list[Tensor] | Tensor
+        if isinstance(self.source, ZipFrameSource):
+            jpegs = self.source.read_jpegs(name, choose)
+            height, width = _jpeg_size(jpegs[0], name)
+            frames = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs]
+        else:
+            decoded = self.source.read_clip(name, choose)  # [T, H, W, 3]
+            height, width = decoded.shape[1:3]
+            frames = torch.from_numpy(decoded).permute(0, 3, 1, 2)  # [T, 3, H, W]
+        plan = self.augmentation.plan(len(frames), height, width, rng)
+        return {"frames": frames, "plan": plan} | plan.targets()
+
+
+def _jpeg_size(data: bytes, name: str) -> tuple[int, int]:
+    """``(height, width)`` from a JPEG's header, without decoding it."""
+    try:
+        width, height = Image.open(io.BytesIO(data)).size
+    except (OSError, ValueError) as err:
+        raise VideoReadError(f"{name}: a frame is not a readable JPEG ({err})") from err
+    return height, width
+
+
+def collate_planned(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batch :class:`PlannedClips` samples: frames and plans as lists, the targets stacked."""
+    return {
+        "frames": [s["frames"] for s in samples],
+        "plans": [s["plan"] for s in samples],
+        "gt_trajs": torch.stack([s["gt_trajs"] for s in samples]),  # [B, N, T, 4]
+        "skipped": torch.stack([s["skipped"] for s in samples]),  # [B]
+    }
+
+
+class DeviceAugmentation:
+    """Turn a :func:`collate_planned` batch into the CtP model's inputs on ``device``.
+
+    Parameters
+    ----------
+    crop_size
+        Side ``S`` of the clips (the plans' crop).
+    device
+        Where to decode and augment (and train).
+    channels_last
+        Hand the clips over in the ``channels_last_3d`` layout.
+    """
+
+    def __init__(self, crop_size: int, device: torch.device, channels_last: bool = False) -> None:
+        self.crop_size, self.device, self.channels_last = crop_size, device, channels_last
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """``{"imgs": [B, 3, T, S, S], "gt_trajs": [B, N, T, 4]}`` on the device."""
+        frames = batch["frames"]
+        if isinstance(frames[0], Tensor):  # decoded video frames, [T, 3, H, W] each
+            clips = [f.to(self.device, non_blocking=True) for f in frames]
+        else:
+            clips = decode_clips(frames, self.device)
+        imgs = augment_batch(clips, batch["plans"], self.crop_size)
+        if self.channels_last:
+            imgs = imgs.contiguous(memory_format=torch.channels_last_3d)
+        return {"imgs": imgs, "gt_trajs": batch["gt_trajs"].to(self.device, non_blocking=True)}

@@ -1,0 +1,218 @@
+"""A client process's data: its settings, its partition's pretext samples, one lasting loader.
+
+A Ray actor (or any long-lived client process) trains many clients over many rounds. Building a
+DataLoader each round would start its worker processes each round; instead the process keeps one
+loader per data setting, with persistent workers, whose dataset serves every partition: a sample
+is asked for by ``(partition, epoch, position)`` (:class:`PartitionClips`) and the loader's
+sampler (:class:`RoundSampler`) is pointed at the next client's partition and round before each
+epoch. The shuffle is the one a fresh ``DataLoader(shuffle=True)`` seeded the same way would make,
+and every sample's randomness comes from ``(seed, epoch, index)``, so the batches are the same
+whatever the number of workers, and whether the loader is new or kept.
+
+Where CtP clips are decoded and augmented is ``augment`` (conf/base.yaml): ``cpu`` in the loader
+workers, ``device`` on the training device in batches (:mod:`CtP.device_augmentation`), ``auto``
+on the device when it is a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from CtP.datasets import SkippingDataset, load_annotations, open_frame_source
+from CtP.device_augmentation import PlannedClips, collate_planned
+from CtP.pretext import Pretext
+from CtP.recipe import CtPRecipe
+from CtP.train import make_loader
+
+AUGMENT_CHOICES = ("auto", "cpu", "device")
+
+Key = tuple[int, int, int]  # (partition, epoch, position in the partition)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything a client needs, from the run's config (plain values, picklable for Ray)."""
+
+    results_dir: str  # <run dir>/fedvssl_results
+    dataset_root: str
+    frames: str  # "zip" or "video"
+    zip_template: str
+    video_template: str
+    partition_template: str  # relative to dataset_root, with {client}
+    width: int
+    clip_len: int
+    crop_size: int
+    batch_size: int
+    workers: int
+    local_epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    grad_clip: float
+    seed: int
+    bf16: bool
+    channels_last: bool
+    log_interval: int
+    progress: bool
+    num_threads: int  # torch threads of a CPU client (its Ray num_cpus)
+    pretext: Pretext = field(default_factory=CtPRecipe)  # conf/pretext/ (and conf/ctp/ for CtP)
+    annotations: str | None = None  # a node's own annotation list, instead of its partition file
+    augment: str = "cpu"  # where CtP clips are decoded and augmented: auto, cpu or device
+    compile: bool = False  # torch.compile the model
+
+    def client_dir(self, partition_id: int) -> Path:
+        """``client{N}``, N = partition id + 1, as the original numbers clients."""
+        return Path(self.results_dir) / f"client{partition_id + 1}"
+
+    def partition_file(self, partition_id: int) -> Path:
+        """Return the annotation file of a client's videos (the node's own list, if it has one)."""
+        if self.annotations:
+            return Path(self.annotations)
+        name = self.partition_template.format(client=partition_id + 1)
+        return Path(self.dataset_root) / name
+
+
+def augments_on_device(settings: ClientSettings, device: torch.device) -> bool:
+    """Whether the clips are decoded and augmented on ``device`` (see the module's docstring)."""
+    if settings.augment not in AUGMENT_CHOICES:
+        choices = list(AUGMENT_CHOICES)
+        raise ValueError(f"augment must be one of {choices}, got {settings.augment!r}")
+    is_ctp = isinstance(settings.pretext, CtPRecipe)
+    if settings.augment == "device" and not is_ctp:
+        raise ValueError(
+            f"augment=device supports the ctp pretext only, not {settings.pretext.name}: "
+            "use augment=cpu or augment=auto"
+        )
+    return (
+        is_ctp
+        and (settings.augment == "device" or device.type == "cuda")
+        and (settings.augment != "cpu")
+    )
+
+
+def build_dataset(
+    settings: ClientSettings, partition_id: int, on_device: bool = False
+) -> SkippingDataset:
+    """Build a client's pretext dataset over its partition (planned clips for the device path)."""
+    annotations = settings.partition_file(partition_id)
+    if not annotations.is_file():
+        raise FileNotFoundError(
+            f"partition {partition_id} is not on this node ({annotations} does not exist): "
+            "prepare it with dataset_preparation.py --num-clients N, or point the node's "
+            "data-dir or annotations at it (--node-config)"
+        )
+    source = open_frame_source(
+        settings.frames, settings.dataset_root,
+        zip_template=settings.zip_template, video_template=settings.video_template,
+    )  # fmt: skip
+    items, seed = load_annotations(annotations), settings.seed * 1000 + partition_id
+    if on_device and isinstance(settings.pretext, CtPRecipe):
+        augmentation = settings.pretext.augmentation(settings.crop_size)
+        return PlannedClips(items, source, augmentation, clip_len=settings.clip_len, seed=seed)
+    return settings.pretext.dataset(
+        items, source, clip_len=settings.clip_len, crop_size=settings.crop_size, seed=seed
+    )
+
+
+class PartitionClips(Dataset[dict[str, Any]]):
+    """Every partition's pretext samples behind one index, ``(partition, epoch, position)``.
+
+    Each partition's dataset is built on first use, in whichever process asks (the loader's
+    workers build their own), and kept.
+    """
+
+    def __init__(self, settings: ClientSettings, on_device: bool) -> None:
+        self.settings, self.on_device = settings, on_device
+        self._partitions: dict[int, SkippingDataset] = {}
+
+    def partition(self, partition_id: int) -> SkippingDataset:
+        """Return the dataset of one partition."""
+        if partition_id not in self._partitions:
+            dataset = build_dataset(self.settings, partition_id, self.on_device)
+            self._partitions[partition_id] = dataset
+        return self._partitions[partition_id]
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._partitions.values())
+
+    def __getitem__(self, key: Key) -> dict[str, Any]:
+        partition_id, epoch, position = key
+        dataset = self.partition(partition_id)
+        dataset.set_epoch(epoch)
+        return dataset[position]
+
+
+class RoundSampler(Sampler[Key]):
+    """The keys of one partition's epoch, shuffled as a seeded ``DataLoader(shuffle=True)``."""
+
+    def __init__(self) -> None:
+        self.partition_id, self.epoch, self.size, self.seed = 0, 0, 0, 0
+
+    def start(self, partition_id: int, epoch: int, size: int, seed: int) -> None:
+        """Point the next pass at a partition's epoch."""
+        self.partition_id, self.epoch, self.size, self.seed = partition_id, epoch, size, seed
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[Key]:
+        generator = torch.Generator().manual_seed(self.seed)
+        # a DataLoader draws its workers' base seed from its generator before shuffling
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        for position in torch.randperm(self.size, generator=generator).tolist():
+            yield self.partition_id, self.epoch, position
+
+
+@dataclass
+class RoundLoader:
+    """A lasting loader: the dataset of every partition, its sampler, the DataLoader."""
+
+    clips: PartitionClips
+    sampler: RoundSampler
+    loader: DataLoader[dict[str, Any]]
+
+
+_LOADERS: dict[tuple[ClientSettings, bool, bool], RoundLoader] = {}
+
+
+def round_loader(
+    settings: ClientSettings, partition_id: int, epoch: int, seed: int, device: torch.device
+) -> tuple[DataLoader[dict[str, Any]], SkippingDataset]:
+    """Point this process's loader at one partition's epoch; return it and the partition.
+
+    Parameters
+    ----------
+    settings
+        The client settings (one loader, and one set of workers, per distinct settings).
+    partition_id, epoch
+        Whose samples, and which epoch's random stream (``set_epoch``).
+    seed
+        Seed of the shuffle.
+    device
+        The training device (pinned memory and the device path on CUDA).
+
+    Returns
+    -------
+    tuple
+        The DataLoader (iterate it once for the epoch) and the partition's dataset.
+    """
+    on_device = augments_on_device(settings, device)
+    key = (settings, on_device, device.type == "cuda")
+    if key not in _LOADERS:
+        clips, sampler = PartitionClips(settings, on_device), RoundSampler()
+        loader = make_loader(
+            clips, batch_size=settings.batch_size, workers=settings.workers, shuffle=False,
+            pin_memory=device.type == "cuda", sampler=sampler,
+            collate_fn=collate_planned if on_device else None,
+        )  # fmt: skip
+        _LOADERS[key] = RoundLoader(clips, sampler, loader)
+    kept = _LOADERS[key]
+    dataset = kept.clips.partition(partition_id)  # built here first: a missing one fails here
+    kept.sampler.start(partition_id, epoch, len(dataset), seed)
+    return kept.loader, dataset
