@@ -11,18 +11,22 @@
 # aggregation benchmark needs only numpy (fedvssl.aggregation has no Flower import).
 #
 # Steps, in order, each under its own timeout inside an overall budget (BUDGET_S seconds, default
-# 330): environment, train_step (fp32, bf16, bf16 + channels_last_3d inputs, and with the weights
-# in channels_last_3d too), the UCF-like data, pipeline, client_epoch, aggregation, and last the
-# torch.compile variant of train_step (beside bf16_cl again, for a ratio from one run), which gets
-# whatever time is left (compiling is the one step whose length is hard to bound). A failing or timed-out step is recorded in suite.json and the
+# 480): environment, train_step (fp32, bf16, bf16 + channels_last_3d inputs, and with the weights
+# in channels_last_3d too), the UCF-like data, pipeline, client_epoch (the model alone, then
+# whole epochs with decoding and augmentation in the workers and on the GPU, two epochs per
+# lasting loader), client_round (5 clients x 400 videos, one client process at a time and four
+# side by side on the GPU, two rounds each), aggregation, and last the torch.compile variant of
+# train_step (beside bf16_cl again, for a ratio from one run), which gets whatever time is left
+# (compiling is the one step whose length is hard to bound). A failing or timed-out step is recorded in suite.json and the
 # suite goes on; it always exits 0. Files in $OUT: env.txt, suite.json, suite.log,
-# train_step.json, pipeline.json, client_epoch.json, aggregation.json, train_step_compile.json.
+# train_step.json, pipeline.json, client_epoch.json, client_round.json, aggregation.json,
+# train_step_compile.json.
 set -u
 
 OUT=${OUT:?set OUT to the folder for the results}
 [ -f benchmarks/gpu_suite.sh ] || { echo "run this from the repository root" >&2; exit 2; }
 SMOKE=${SMOKE:-0}
-BUDGET_S=${BUDGET_S:-330}
+BUDGET_S=${BUDGET_S:-480}
 PY=${PYTHON:-$(command -v python || command -v python3)}
 export PY
 START=$(date +%s)
@@ -46,17 +50,22 @@ if [ "$SMOKE" = 1 ]; then
     TRAIN=(--width 16 --batch 2 --clip-len 8 --crop-size 32 --steps 2 --warmup 1 --threads 1)
     DATA=(--videos 6 --frames 24 --size 96 72)
     PIPE=(--crop-size 32 --clip-len 8 --workers 0 1 2 --clips 4 --batch 2 --batches 2)
-    EPOCH=(--width 16 --batch 2 --crop-size 32 --clip-len 8 --workers 0 1 --threads 1)
+    EPOCH=(--width 16 --batch 2 --crop-size 32 --clip-len 8 --workers 0 1 --threads 1
+        --augment cpu device --epochs 2 --model-steps 2)
+    ROUND=(--width 8 --batch 2 --crop-size 32 --clip-len 8 --clients 2 --per-client 3
+        --parallel 1 2 --rounds 2 --workers 0)
     AGG=(--clients 2 3 --repeats 1 --distinct 2)
-    CAPS=(30 30 30 60 60)
+    CAPS=(30 30 30 60 90 60)
 else
     TRAIN=(--width 64 --batch 32 --clip-len 16 --crop-size 112 --steps 20 --warmup 5)
     DATA=(--videos 240 --frames 60 --size 320 240)
     PIPE=(--crop-size 112 --clip-len 16 --workers 0 1 4 8 14 --clips 64 --batch 32 --batches 6)
-    EPOCH=(--width 64 --batch 32 --crop-size 112 --clip-len 16 --workers 8 14 --repeat 4
-        --precision bf16_cl)
+    EPOCH=(--width 64 --batch 32 --crop-size 112 --clip-len 16 --workers 4 14 --repeat 2
+        --precision bf16_cl --augment cpu device --epochs 2 --model-steps 20)
+    ROUND=(--width 64 --batch 32 --crop-size 112 --clip-len 16 --clients 5 --per-client 400
+        --parallel 1 4 --rounds 2 --workers 3 --augment device)
     AGG=(--clients 10 100 --repeats 3)
-    CAPS=(75 45 60 75 45)
+    CAPS=(75 45 60 110 150 45)
 fi
 
 # Rewrite suite.json from the steps so far (atomically: a reader never sees half a file).
@@ -137,7 +146,9 @@ step pipeline "${CAPS[2]}" "$PY" -m benchmarks.pipeline "${DATA[@]}" --data "$WO
     "${PIPE[@]}" --output "$OUT/pipeline.json"
 step client_epoch "${CAPS[3]}" "$PY" -m benchmarks.client_epoch "${DATA[@]}" \
     --data "$WORK/ucf_like" "${EPOCH[@]}" --output "$OUT/client_epoch.json"
-step aggregation "${CAPS[4]}" "$PY" -m benchmarks.aggregation "${AGG[@]}" \
+step client_round "${CAPS[4]}" "$PY" -m benchmarks.client_round "${DATA[@]}" \
+    --data "$WORK/ucf_like" "${ROUND[@]}" --output "$OUT/client_round.json"
+step aggregation "${CAPS[5]}" "$PY" -m benchmarks.aggregation "${AGG[@]}" \
     --output "$OUT/aggregation.json"
 step train_step_compile $((DEADLINE - $(date +%s))) "$PY" -m benchmarks.train_step "${TRAIN[@]}" \
     --variants bf16_cl compile --output "$OUT/train_step_compile.json"

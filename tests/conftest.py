@@ -10,9 +10,16 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    import torch
+
+    from CtP.pretext import Pretext
+    from fedvssl.client_data import ClientSettings
 
 # Flower must neither phone home nor touch the user's ~/.flwr during tests.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -141,3 +148,31 @@ def tiny_video_root(tmp_path: Path) -> Path:
     items = [{"name": n, "label": labels[n.split("/")[0]]} for n in names]
     (root / "annotations.json").write_text(json.dumps(items))
     return root
+
+
+def settings_for(data_dir: Path, results: Path) -> ClientSettings:
+    """Tiny client settings over the prepared synthetic set of ``data_dir`` (width 16, 8x32x32)."""
+    from fedvssl.client_data import ClientSettings
+
+    return ClientSettings(
+        results_dir=str(results),
+        dataset_root=str(data_dir / "synthetic"),
+        frames="zip",
+        zip_template="zips/{name}.zip",
+        video_template="UCF101_raw/{video}.avi",
+        partition_template="annotations/client_distribution/client_dist{client}.json",
+        width=16, clip_len=8, crop_size=32, batch_size=2, workers=0, local_epochs=1,
+        lr=0.01, momentum=0.9, weight_decay=1e-4, grad_clip=40.0, seed=7,
+        bf16=False, channels_last=False, log_interval=2, progress=False, num_threads=1,
+    )  # fmt: skip
+
+
+def global_model(seed: int, pretext: Pretext | None = None) -> dict[str, torch.Tensor]:
+    """A fresh width-16 model of ``pretext`` (CtP by default), as the server would send it."""
+    import torch
+
+    from CtP.recipe import CtPRecipe
+    from fedvssl.server_app import initial_state
+
+    state = initial_state(pretext or CtPRecipe(), 16, 8, seed)
+    return {k: torch.from_numpy(v) for k, v in state.items()}

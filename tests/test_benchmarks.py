@@ -240,3 +240,22 @@ def test_pretext_learning_report(synthetic_data_dir: Path, tmp_path: Path) -> No
         for window in entry["windows"]:
             assert 0.0 < window["ratio"] < 10.0 and 0.0 <= window["accuracy"] <= 1.0
             assert window["backbone_grad"] > 0
+
+
+def test_client_round_report(ucf_like: Path) -> None:
+    report = benchmark(
+        "client_round",
+        *TINY_INPUT,
+        *["--data", str(ucf_like), *TINY_CLIP, "--clients", "3", "--per-client", "4"],
+        *["--parallel", "2", "--rounds", "2", "--workers", "0", "--batch", "2", "--width", "8"],
+        *["--device", "cpu", "--augment", "device"],
+    )
+    assert report["clients"] == 3 and report["input"]["per_client"] == 4
+    (result,) = report["results"]
+    assert result["parallel"] == 2 and sorted(result["clients_per_process"]) == [1, 2]
+    assert [r["round"] for r in result["rounds"]] == [1, 2]
+    for row in result["rounds"]:
+        assert row["clips"] == 3 * 4  # every client's whole partition, every round
+        assert row["clips_per_s"] == pytest.approx(12 / row["seconds"], rel=1e-2)
+    rate = result["rounds"][-1]["clips_per_s"]
+    assert result["baseline_projection_min"] == pytest.approx(20 * 5 * 1907 / rate / 60, 1e-2)

@@ -7,38 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import global_model, settings_for
 
 from CtP.pretext import Pretext
 from CtP.recipe import CtPRecipe
 from CtP.speed import SpeedRecipe
 from CtP.vcop import VCOPRecipe
-from fedvssl.client_app import (
-    ClientSettings,
-    head_files,
-    load_own_head,
-    save_own_head,
-    train_locally,
-)
-from fedvssl.server_app import initial_state
-
-
-def settings_for(data_dir: Path, results: Path) -> ClientSettings:
-    return ClientSettings(
-        results_dir=str(results),
-        dataset_root=str(data_dir / "synthetic"),
-        frames="zip",
-        zip_template="zips/{name}.zip",
-        video_template="UCF101_raw/{video}.avi",
-        partition_template="annotations/client_distribution/client_dist{client}.json",
-        width=16, clip_len=8, crop_size=32, batch_size=2, workers=0, local_epochs=1,
-        lr=0.01, momentum=0.9, weight_decay=1e-4, grad_clip=40.0, seed=7,
-        bf16=False, channels_last=False, log_interval=2, progress=False, num_threads=1,
-    )  # fmt: skip
-
-
-def global_model(seed: int, pretext: Pretext | None = None) -> dict[str, torch.Tensor]:
-    state = initial_state(pretext or CtPRecipe(), 16, 8, seed)
-    return {k: torch.from_numpy(v) for k, v in state.items()}
+from fedvssl.local_training import head_files, load_own_head, save_own_head, train_locally
 
 
 @pytest.mark.parametrize(
@@ -132,3 +107,26 @@ def test_a_node_without_its_partition_replies_an_error_and_logs_one_line(
     unnamed = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
     reply = train_reply(lambda _: settings, msg, unnamed)
     assert reply.has_error() and "this node has no partition-id" in str(reply.error.reason)
+
+
+def test_compiled_client_trains_the_model_itself(
+    synthetic_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+
+    import fedvssl.local_training as local_training
+
+    # the eager backend traces the model as inductor would, without a C++ toolchain's minutes
+    monkeypatch.setattr(
+        local_training.torch, "compile", functools.partial(torch.compile, backend="eager")
+    )
+    settings = replace(settings_for(synthetic_data_dir, tmp_path / "results"), compile=True)
+    start = global_model(1)
+    state, metrics = train_locally(settings, 0, 1, start, partial=True)
+    assert torch.isfinite(torch.tensor(metrics["train-loss"]))
+    assert sorted(state) == sorted(start)  # no "_orig_mod." prefix: the arrays are the model's
+    assert any(not torch.equal(state[k], start[k]) for k in start if k.startswith("backbone."))
+    compiled = list(local_training._COMPILED.values())
+    assert len(compiled) == 1 and isinstance(compiled[0], torch._dynamo.eval_frame.OptimizedModule)
+    train_locally(settings, 1, 2, start, partial=True)  # the next client reuses the compiled model
+    assert list(local_training._COMPILED.values()) == compiled

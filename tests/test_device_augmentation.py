@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import global_model, settings_for
 
 from CtP.ctp_augmentation import CtPAugmentation
-from CtP.datasets import CtPDataset, ZipFrameSource, load_annotations
+from CtP.datasets import CtPDataset, ZipFrameSource, _decode_jpeg, load_annotations
 from CtP.device_augmentation import (
     DeviceAugmentation,
     PlannedClips,
@@ -25,7 +26,6 @@ from CtP.device_augmentation import (
 from CtP.transforms import IMAGENET_STD, normalize_clip
 from fedvssl.client_app import train_locally
 from fedvssl.client_data import augments_on_device, round_loader
-from tests.test_client import global_model, settings_for
 
 CPU = torch.device("cpu")
 LEVEL = 1 / (255 * min(IMAGENET_STD))  # one grey level, in normalised units (at most)
@@ -43,7 +43,8 @@ def both_paths(
     augmentation: CtPAugmentation, frames: np.ndarray, seeds: range
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The CPU path's clips and the device path's, on the same seeded plans: ``[B, 3, T, S, S]``."""
-    plans = [augmentation.plan(*frames.shape[:3], np.random.default_rng(s)) for s in seeds]
+    num_frames, height, width = frames.shape[:3]
+    plans = [augmentation.plan(num_frames, height, width, np.random.default_rng(s)) for s in seeds]
     cpu = torch.stack([normalize_clip(augmentation.apply(frames, p)) for p in plans])
     tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # [T, 3, H, W]
     return cpu, augment_batch([tensor] * len(plans), plans, augmentation.crop_size)
@@ -86,8 +87,7 @@ def test_decode_clips_reads_the_frames_opencv_reads() -> None:
     jpegs = [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1] for f in frames]
     encoded = [[torch.from_numpy(j.ravel().copy()) for j in jpegs]] * 2  # two clips
     decoded = decode_clips(encoded, CPU)
-    expected = np.stack([cv2.cvtColor(cv2.imdecode(j, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-                         for j in jpegs])  # fmt: skip
+    expected = np.stack([_decode_jpeg(j.tobytes()) for j in jpegs])  # the CPU path's decoder
     assert len(decoded) == 2 and decoded[0].shape == (3, 3, 48, 64)
     assert np.abs(decoded[1].permute(0, 2, 3, 1).numpy().astype(int) - expected).max() <= 1
 
@@ -117,7 +117,7 @@ def test_client_trains_on_the_device_path_with_lasting_workers(
     assert augments_on_device(settings, CPU) and not augments_on_device(base, CPU)
     assert not augments_on_device(replace(base, augment="auto"), CPU)  # auto: the device on a GPU
 
-    state, metrics = train_locally(settings, 0, 1, global_model(1), partial=True)
+    _, metrics = train_locally(settings, 0, 1, global_model(1), partial=True)
     assert np.isfinite(float(metrics["train-loss"]))  # type: ignore[arg-type]
     assert float(metrics["trivial-loss"]) > 0  # type: ignore[arg-type]
 
