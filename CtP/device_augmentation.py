@@ -110,6 +110,7 @@ def _stack_patches(plans: Sequence[PatchPlan], device: torch.device) -> dict[str
         "opacity": np.stack([p.opacity for p in plans]).astype(np.float32),  # [B, N, T]
         "order": np.stack([p.paste_order() for p in plans]),  # [B, N]
         "highlight": np.array([p.highlight for p in plans], dtype=np.float32),  # [B]
+        "tints": np.stack([p.tints for p in plans]),  # [B, N, 3]
         "alphas": alphas,  # [B, N, Hs, Ws]
     }
     return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
@@ -174,8 +175,7 @@ def paste_batch(clips: Tensor, patches: Sequence[PatchPlan]) -> Tensor:
     height, width = clips.shape[-2:]
     p = _stack_patches(patches, clips.device)
     rows = torch.arange(len(clips), device=clips.device)
-    shade = p["highlight"][:, None, None, None, None]  # [B, 1, 1, 1, 1]
-    shaded = (clips * (1 - shade) + 255 * shade).round()  # the patches' content, toward white
+    shade = p["highlight"][:, None, None, None]  # [B, 1, 1, 1]
     out = clips.clone()
     for rank in range(p["order"].shape[1]):
         i = p["order"][:, rank]  # [B] the patch pasted at this rank
@@ -184,7 +184,8 @@ def paste_batch(clips: Tensor, patches: Sequence[PatchPlan]) -> Tensor:
         src = boxes[rows, source]  # [B, 4] the box on the source frame
         x, in_x = _source_coords(boxes[..., 0], boxes[..., 2], src[:, 2] - src[:, 0], width)
         y, in_y = _source_coords(boxes[..., 1], boxes[..., 3], src[:, 3] - src[:, 1], height)
-        frame = shaded[rows, source]  # [B, 3, S, S]
+        tint = p["tints"][rows, i][:, :, None, None]  # [B, 3, 1, 1]
+        frame = (clips[rows, source] * (1 - shade) + tint * shade).round()  # [B, 3, S, S]
         patch = _bilinear(frame, _shifted(y, src[:, 1]), _shifted(x, src[:, 0])).round()
         alpha = _bilinear(p["alphas"][rows, i][:, None], y, x)[..., 0]  # [B, T, S, S]
         alpha = (alpha * p["opacity"][rows, i][..., None, None])[:, :, None]  # [B, T, 1, S, S]

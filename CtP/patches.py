@@ -9,8 +9,9 @@ visibility flags say on which frames a patch was actually pasted.
 The reference numbers are for a 112-pixel crop; :meth:`PatchMaskParams.for_crop` scales the
 spatial ones (anchor scales, location velocity) for other crop sizes.
 
-``highlight`` is not in the reference: it blends the patch content toward white (0 keeps the
-reference's piece of the clip, 1 pastes plain white shapes). A piece of the clip looks like the
+``highlight`` is not in the reference: it blends the patch content toward white, or toward a
+random saturated colour per patch (``tint``) (0 keeps the reference's piece of the clip, 1 pastes
+plain shapes of that colour). A piece of the clip looks like the
 clip around it, and a randomly initialised backbone needs far more steps to learn to follow it
 than a small CPU run has; a highlighted patch can be found from its colour alone, so the
 pretext is learned within a few hundred steps (docs/differences.md has the measurements).
@@ -27,6 +28,7 @@ import numpy as np
 from CtP.sampling import interpolate_keys, sample_key_frames
 
 REFERENCE_CROP = 112  # the crop size that the reference's spatial numbers are given for
+TINTS = ("white", "random")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,10 @@ class PatchMaskParams:
     opacity_range
         Range of the opacity drawn at each opacity key frame.
     highlight
-        Blend of the patch content toward white, in ``[0, 1]`` (not in the reference: 0).
+        Blend of the patch content toward its tint, in ``[0, 1]`` (not in the reference: 0).
+    tint
+        What a highlighted patch is blended toward: ``"white"``, or ``"random"``, a saturated
+        colour of random hue drawn per patch (not in the reference).
     """
 
     num_rois: int = 3  # §3.3
@@ -76,6 +81,7 @@ class PatchMaskParams:
     soft_edge_range: tuple[float, float] = (0.30, 0.45)  # §3.3.6
     opacity_range: tuple[float, float] = (0.8, 1.0)  # §3.3.6
     highlight: float = 0.0  # project option; 0 is the reference's plain piece of the clip
+    tint: str = "white"  # project option, with highlight > 0: "white" or "random" (hue)
 
     def __post_init__(self) -> None:
         if self.num_rois < 1:
@@ -89,6 +95,8 @@ class PatchMaskParams:
         for name in ("label_prob", "soft_edge_prob", "highlight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.tint not in TINTS:
+            raise ValueError(f"tint must be one of {list(TINTS)}, got {self.tint!r}")
         if self.min_size < 1:
             raise ValueError(f"min_size must be at least 1 pixel, got {self.min_size}")
 
@@ -127,7 +135,8 @@ class PatchPlan:
     sources: np.ndarray  # [N] int64: the frame each patch is cut from, at its box there
     alphas: tuple[np.ndarray, ...]  # N x [h_s, w_s] float32 base alpha at the source box size
     opacity: np.ndarray  # [N, T] float64
-    highlight: float  # blend of the patch content toward white
+    highlight: float  # blend of the patch content toward its tint
+    tints: np.ndarray  # [N, 3] float32 RGB each patch is blended toward
 
     def paste_order(self) -> np.ndarray:
         """Patch indices, large ones first (by mean box area; ties keep their order) (§3.3.8)."""
@@ -198,7 +207,12 @@ class PatchMask:
             u = np.asarray(rng.random(num_frames), dtype=np.float64)
             u[[0, sources[i]]] = 0.0
             visible[i] = u <= self.params.label_prob
-        return PatchPlan(boxes, visible, sources, tuple(alphas), opacity, self.params.highlight)
+        tints = np.full((num_patches, 3), 255.0, dtype=np.float32)  # white
+        if self.params.tint == "random":  # drawn last: white patches keep the stream they had
+            tints = _saturated(rng.uniform(0.0, 6.0, num_patches))
+        return PatchPlan(
+            boxes, visible, sources, tuple(alphas), opacity, self.params.highlight, tints
+        )
 
     def _initial_boxes(self, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
         """Anchor shape with jitter at a uniform position (§3.3.1): ``[N, 4]`` float boxes."""
@@ -273,12 +287,18 @@ def _check_frames(frames: np.ndarray, min_size: float) -> None:
         )
 
 
-def _highlighted(crop: np.ndarray, highlight: float) -> np.ndarray:
-    """Blend a uint8 patch toward white: ``crop * (1 - highlight) + 255 * highlight``."""
+def _highlighted(crop: np.ndarray, highlight: float, tint: np.ndarray) -> np.ndarray:
+    """Blend a uint8 patch toward ``tint``: ``crop * (1 - highlight) + tint * highlight``."""
     if highlight == 0.0:
         return crop
-    blended = crop.astype(np.float32) * np.float32(1.0 - highlight) + np.float32(255.0 * highlight)
+    blended = crop.astype(np.float32) * np.float32(1.0 - highlight) + tint * np.float32(highlight)
     return np.round(blended).astype(np.uint8)
+
+
+def _saturated(hues: np.ndarray) -> np.ndarray:
+    """Fully saturated, fully bright RGB colours ``[N, 3]`` (float32, 0..255) of hues in [0, 6)."""
+    sectors = (hues[:, None] + np.array([0.0, 4.0, 2.0])) % 6  # [N, 3] distance along the wheel
+    return (np.clip(np.abs(sectors - 3) - 1, 0, 1) * 255).astype(np.float32)
 
 
 def _integer_boxes(trajs: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -332,7 +352,8 @@ def paste(frames: np.ndarray, plan: PatchPlan) -> np.ndarray:
     crops = []
     for i, source in enumerate(plan.sources):
         x1, y1, x2, y2 = plan.boxes[i, source]
-        crops.append(_highlighted(frames[source, y1:y2, x1:x2], plan.highlight))  # [h_s, w_s, 3]
+        crop = frames[source, y1:y2, x1:x2]  # [h_s, w_s, 3]
+        crops.append(_highlighted(crop, plan.highlight, plan.tints[i]))
     order = plan.paste_order()
     for t in range(len(frames)):
         for i in order:

@@ -205,6 +205,7 @@ def round_loader(
     on_device = augments_on_device(settings, device)
     key = (settings, on_device, device.type == "cuda")
     if key not in _LOADERS:
+        _LOADERS.clear()  # one run's settings per process: other loaders' workers can stop
         clips, sampler = PartitionClips(settings, on_device), RoundSampler()
         loader = make_loader(
             clips, batch_size=settings.batch_size, workers=settings.workers, shuffle=False,

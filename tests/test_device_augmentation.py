@@ -23,6 +23,7 @@ from CtP.device_augmentation import (
     hsv_to_rgb,
     rgb_to_hsv,
 )
+from CtP.patches import PatchMaskParams
 from CtP.transforms import IMAGENET_STD, normalize_clip
 from fedvssl.client_app import train_locally
 from fedvssl.client_data import augments_on_device, round_loader
@@ -50,10 +51,15 @@ def both_paths(
     return cpu, augment_batch([tensor] * len(plans), plans, augmentation.crop_size)
 
 
-@pytest.mark.parametrize("hue_sat_prob", [0.0, 1.0], ids=["no-hue", "hue"])
-def test_device_path_draws_the_cpu_paths_clips(hue_sat_prob: float) -> None:
+@pytest.mark.parametrize(
+    ("hue_sat_prob", "patch"),
+    [(0.0, PatchMaskParams()), (1.0, PatchMaskParams()),
+     (0.0, PatchMaskParams(highlight=0.8, tint="random"))],
+    ids=["no-hue", "hue", "tinted-patches"],
+)  # fmt: skip
+def test_device_path_draws_the_cpu_paths_clips(hue_sat_prob: float, patch: PatchMaskParams) -> None:
     # the reference recipe: curved, resizing, soft, translucent patches, flips, dynamic colour
-    augmentation = CtPAugmentation(crop_size=32, hue_sat_prob=hue_sat_prob)
+    augmentation = CtPAugmentation(crop_size=32, hue_sat_prob=hue_sat_prob, patch_params=patch)
     frames = textured_clip(0)
     cpu, device = both_paths(augmentation, frames, range(16))
     assert device.shape == cpu.shape == (16, 3, 10, 32, 32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -171,3 +173,23 @@ def test_bad_input_raises_clear_errors() -> None:
         mask(np.zeros((1, 32, 32, 3), dtype=np.uint8), rng)
     with pytest.raises(ValueError, match="summing to 1"):
         PatchMaskParams(key_frame_probs=(0.5, 0.1))
+
+
+def test_random_tints_are_saturated_hues_and_white_keeps_its_draws() -> None:
+    frames = np.full((6, 40, 40, 3), 60, dtype=np.uint8)
+    # the marked recipe's opaque, hard-edged rectangles: a pasted patch is exactly its tint
+    marked = PatchMaskParams(highlight=1.0, opacity_range=(1.0, 1.0), mask_shape_probs=(1, 0, 0),
+                             soft_edge_prob=0.0).for_crop(40)  # fmt: skip
+    white, tinted = PatchMask(marked), PatchMask(replace(marked, tint="random"))
+    plain = white.plan(6, 40, 40, np.random.default_rng(3))
+    plan = tinted.plan(6, 40, 40, np.random.default_rng(3))
+    np.testing.assert_array_equal(plain.tints, 255)
+    np.testing.assert_array_equal(plan.boxes, plain.boxes)  # the tints are drawn after the rest
+    assert (plan.tints.max(axis=1) == 255).all() and (plan.tints.min(axis=1) == 0).all()
+    assert len({tuple(t) for t in plan.tints}) == len(plan.tints)  # a hue per patch
+    out, boxes, _ = tinted(frames, np.random.default_rng(3))
+    for i, tint in enumerate(np.round(plan.tints)):
+        x1, y1, x2, y2 = boxes[i, 0]
+        assert (out[0, y1:y2, x1:x2] == tint).all(axis=-1).any()  # smaller patches may cover it
+    with pytest.raises(ValueError, match="tint must be one of"):
+        PatchMaskParams(tint="blue")
