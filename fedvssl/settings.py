@@ -141,8 +141,9 @@ def check_config(cfg: dict[str, Any]) -> None:
         )
     if int(cfg["clip_len"]) % 8 or int(cfg["crop_size"]) % 8:
         raise ValueError("clip_len and crop_size must be multiples of 8 (the backbone strides)")
-    if int(cfg["rounds"]) < 1:
-        raise ValueError(f"rounds must be at least 1, got {cfg['rounds']}")
+    for key in ("rounds", "local_epochs"):
+        if int(cfg[key]) < 1:
+            raise ValueError(f"{key} must be at least 1, got {cfg[key]}")
     resolve_strategy(cfg["strategy"])  # its aliases and ranges
     augment = cfg.get("augment", "cpu")
     if augment not in ("auto", "cpu", "device"):
