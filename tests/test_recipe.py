@@ -31,13 +31,14 @@ def test_reference_preset_is_the_original_recipe() -> None:
 def test_default_preset_differs_only_where_documented() -> None:
     marked = recipe_from_mapping(_composed()["ctp"])
     assert marked.head_init == "live" and marked.patch.highlight == 1.0
+    assert marked.patch.tint == "random"
     changed = {
         name for name in PatchMaskParams.__dataclass_fields__
         if getattr(marked.patch, name) != getattr(PatchMaskParams(), name)
     }  # fmt: skip
     assert changed == {
         "key_frame_probs", "size_velocity", "label_prob", "mask_shape_probs", "soft_edge_prob",
-        "opacity_range", "highlight",
+        "opacity_range", "highlight", "tint",
     }  # fmt: skip
     assert (marked.hue_sat_prob, marked.brightness_prob, marked.contrast_prob) == (0, 0, 0)
     # every departure in conf/ctp/marked.yaml says so in its comment
