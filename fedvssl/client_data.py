@@ -89,11 +89,8 @@ def augments_on_device(settings: ClientSettings, device: torch.device) -> bool:
             f"augment=device supports the ctp pretext only, not {settings.pretext.name}: "
             "use augment=cpu or augment=auto"
         )
-    return (
-        is_ctp
-        and (settings.augment == "device" or device.type == "cuda")
-        and (settings.augment != "cpu")
-    )
+    wanted = {"cpu": False, "device": True, "auto": device.type == "cuda"}[settings.augment]
+    return is_ctp and wanted
 
 
 def build_dataset(
