@@ -270,12 +270,17 @@ class CtPDataset(SkippingDataset):
         self.strides = tuple(strides)
         self.temporal_jitter = temporal_jitter
 
-    def _make(self, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def chooser(self, rng: np.random.Generator) -> IndexChooser:
+        """Return the chooser of a clip's frame indices (§3.1), drawing from ``rng``."""
+
         def choose(n: int) -> np.ndarray:
             return random_clip_indices(n, self.clip_len, self.strides, self.temporal_jitter, rng)
 
-        frames = self.source.read_clip(self.annotations[index].name, choose)  # [T,H,W,3]
-        sample = self.augmentation(frames, rng)
+        return choose
+
+    def _make(self, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        frames = self.source.read_clip(self.annotations[index].name, self.chooser(rng))
+        sample = self.augmentation(frames, rng)  # frames: [T, H, W, 3]
         return {"imgs": sample["imgs"], "gt_trajs": sample["gt_trajs"]}
 
 

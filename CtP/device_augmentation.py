@@ -30,9 +30,8 @@ from torch import Tensor
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from CtP.ctp_augmentation import ClipPlan, CtPAugmentation
-from CtP.datasets import Annotation, FrameSource, SkippingDataset, VideoReadError, ZipFrameSource
+from CtP.datasets import CtPDataset, VideoReadError, ZipFrameSource
 from CtP.patches import PatchPlan
-from CtP.sampling import random_clip_indices
 from CtP.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 HSV_SHIFT = 12  # OpenCV's fixed-point shift of its 8-bit RGB -> HSV tables
@@ -282,38 +281,21 @@ def augment_batch(frames: Sequence[Tensor], plans: Sequence[ClipPlan], crop_size
     return (clips.transpose(1, 2) / 255.0 - mean) / std  # [B, 3, T, S, S]
 
 
-class PlannedClips(SkippingDataset):
+class PlannedClips(CtPDataset):
     """CtP samples for the device path: the sampled frames, still encoded, and the clip's plan.
 
-    The frames and plans are those :class:`CtP.datasets.CtPDataset` would draw with the same seed
-    (the same random stream, in the same order). A sample is ``{"frames": ..., "plan":
-    ClipPlan, "gt_trajs": [N, T, 4]}``, where ``frames`` is the list of the clip's JPEG files
-    (1-D uint8 tensors) for zips of frames, or uint8 ``[T, 3, H, W]`` frames for video files.
-    Batch the samples with :func:`collate_planned`.
+    Built as :class:`CtP.datasets.CtPDataset` is, with a :class:`CtPAugmentation`; the frames
+    and plans are those it would draw with the same seed (the same random stream, in the same
+    order). A sample is ``{"frames": ..., "plan": ClipPlan, "gt_trajs": [N, T, 4]}``, where
+    ``frames`` is the list of the clip's JPEG files (1-D uint8 tensors) for zips of frames, or
+    uint8 ``[T, 3, H, W]`` frames for video files. Batch the samples with
+    :func:`collate_planned`.
     """
 
-    def __init__(
-        self,
-        annotations: Sequence[Annotation],
-        source: FrameSource,
-        augmentation: CtPAugmentation,
-        *,
-        clip_len: int = 16,
-        strides: Sequence[int] = (1, 2, 3, 4, 5),  # reference §3.1, as CtPDataset
-        temporal_jitter: bool = True,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(annotations, source, seed)
-        self.augmentation = augmentation
-        self.clip_len = clip_len
-        self.strides = tuple(strides)
-        self.temporal_jitter = temporal_jitter
+    augmentation: CtPAugmentation
 
     def _make(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        def choose(n: int) -> np.ndarray:
-            return random_clip_indices(n, self.clip_len, self.strides, self.temporal_jitter, rng)
-
-        name = self.annotations[index].name
+        name, choose = self.annotations[index].name, self.chooser(rng)
         frames: list[Tensor] | Tensor
         if isinstance(self.source, ZipFrameSource):
             jpegs = self.source.read_jpegs(name, choose)
