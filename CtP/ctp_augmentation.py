@@ -19,6 +19,7 @@ from CtP.transforms import (
     add_clipped,
     adjust_hue_saturation,
     check_clip,
+    crop_origin,
     multiply_clipped,
     normalize_clip,
     resize_clip,
@@ -161,8 +162,7 @@ class CtPAugmentation:
         """
         short = self.scales[int(rng.integers(len(self.scales)))]
         size = short_side_size(height, width, short)  # (width, height) after the resize
-        y = int(rng.integers(0, size[1] - self.crop_size + 1))
-        x = int(rng.integers(0, size[0] - self.crop_size + 1))
+        x, y = crop_origin(size[1], size[0], self.crop_size, rng)
         flip = bool(rng.random() < self.flip_prob)
         patches = self.patch_mask.plan(num_frames, self.crop_size, self.crop_size, rng)
         hue_sat = None

@@ -79,11 +79,19 @@ def fixed_size(height: int, width: int, size: tuple[int, int]) -> tuple[int, int
     return (size[1], size[0]) if height > width else size
 
 
+def crop_origin(
+    height: int, width: int, crop_size: int, rng: np.random.Generator
+) -> tuple[int, int]:
+    """Draw the ``(x, y)`` top-left corner of a uniform ``crop_size`` crop (y is drawn first)."""
+    y = int(rng.integers(0, height - crop_size + 1))
+    x = int(rng.integers(0, width - crop_size + 1))
+    return x, y
+
+
 def random_crop(frames: np.ndarray, crop_size: int, rng: np.random.Generator) -> np.ndarray:
     """Crop a ``crop_size`` square at a uniform position, the same for all frames."""
     height, width = frames.shape[1:3]
-    y = int(rng.integers(0, height - crop_size + 1))
-    x = int(rng.integers(0, width - crop_size + 1))
+    x, y = crop_origin(height, width, crop_size, rng)
     return frames[:, y : y + crop_size, x : x + crop_size]
 
 
