@@ -29,8 +29,7 @@ from CtP.device_augmentation import PlannedClips, collate_planned
 from CtP.pretext import Pretext
 from CtP.recipe import CtPRecipe
 from CtP.train import make_loader
-
-AUGMENT_CHOICES = ("auto", "cpu", "device")
+from fedvssl.settings import check_augment
 
 Key = tuple[int, int, int]  # (partition, epoch, position in the partition)
 
@@ -80,17 +79,9 @@ class ClientSettings:
 
 def augments_on_device(settings: ClientSettings, device: torch.device) -> bool:
     """Whether the clips are decoded and augmented on ``device`` (see the module's docstring)."""
-    if settings.augment not in AUGMENT_CHOICES:
-        choices = list(AUGMENT_CHOICES)
-        raise ValueError(f"augment must be one of {choices}, got {settings.augment!r}")
-    is_ctp = isinstance(settings.pretext, CtPRecipe)
-    if settings.augment == "device" and not is_ctp:
-        raise ValueError(
-            f"augment=device supports the ctp pretext only, not {settings.pretext.name}: "
-            "use augment=cpu or augment=auto"
-        )
+    check_augment(settings.augment, settings.pretext.name)
     wanted = {"cpu": False, "device": True, "auto": device.type == "cuda"}[settings.augment]
-    return is_ctp and wanted
+    return isinstance(settings.pretext, CtPRecipe) and wanted
 
 
 def build_dataset(

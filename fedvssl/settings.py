@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fedvssl")
 
+AUGMENT_CHOICES = ("auto", "cpu", "device")  # where CtP clips are decoded and augmented
+
 
 class RunStateError(RuntimeError):
     """The run folder does not fit the request (e.g. old checkpoints without ``resume``)."""
@@ -145,12 +147,16 @@ def check_config(cfg: dict[str, Any]) -> None:
         if int(cfg[key]) < 1:
             raise ValueError(f"{key} must be at least 1, got {cfg[key]}")
     resolve_strategy(cfg["strategy"])  # its aliases and ranges
-    augment = cfg.get("augment", "cpu")
-    if augment not in ("auto", "cpu", "device"):
-        raise ValueError(f"augment must be auto, cpu or device, got {augment!r}")
-    if augment == "device" and cfg["pretext"]["name"] != "ctp":
+    check_augment(cfg.get("augment", "cpu"), cfg["pretext"]["name"])
+
+
+def check_augment(augment: str, pretext: str) -> None:
+    """Refuse an unknown ``augment``, and ``augment=device`` for a pretext other than CtP."""
+    if augment not in AUGMENT_CHOICES:
+        raise ValueError(f"augment must be one of {list(AUGMENT_CHOICES)}, got {augment!r}")
+    if augment == "device" and pretext != "ctp":
         raise ValueError(
-            f"augment=device supports the ctp pretext only, not {cfg['pretext']['name']}: "
+            f"augment=device supports the ctp pretext only, not {pretext}: "
             "use augment=cpu or augment=auto"
         )
 

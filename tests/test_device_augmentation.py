@@ -25,6 +25,7 @@ from CtP.device_augmentation import (
 )
 from CtP.patches import PatchMaskParams
 from CtP.transforms import IMAGENET_STD, normalize_clip
+from CtP.vcop import VCOPRecipe
 from fedvssl.client_app import train_locally
 from fedvssl.client_data import augments_on_device, round_loader
 
@@ -122,6 +123,10 @@ def test_client_trains_on_the_device_path_with_lasting_workers(
     settings = replace(base, augment="device", workers=1)
     assert augments_on_device(settings, CPU) and not augments_on_device(base, CPU)
     assert not augments_on_device(replace(base, augment="auto"), CPU)  # auto: the device on a GPU
+    with pytest.raises(ValueError, match=r"augment must be one of \['auto', 'cpu', 'device'\]"):
+        augments_on_device(replace(base, augment="gpu"), CPU)
+    with pytest.raises(ValueError, match="augment=device supports the ctp pretext only, not vcop"):
+        augments_on_device(replace(base, augment="device", pretext=VCOPRecipe()), CPU)
 
     _, metrics = train_locally(settings, 0, 1, global_model(1), partial=True)
     assert np.isfinite(float(metrics["train-loss"]))  # type: ignore[arg-type]
