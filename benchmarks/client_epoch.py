@@ -45,7 +45,7 @@ from CtP.ctp_augmentation import CtPAugmentation
 from CtP.datasets import Annotation, CtPDataset, SkippingDataset, ZipFrameSource
 from CtP.device_augmentation import DeviceAugmentation, PlannedClips, collate_planned
 from CtP.train import build_optimizer, make_loader, train_one_epoch
-from fedvssl.client_data import RoundSampler
+from fedvssl.client_data import PartitionClips, RoundSampler
 
 PRECISIONS = ("fp32", "bf16", "bf16_cl")
 
@@ -73,20 +73,6 @@ def read_log(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Per-iteration ``time`` and ``data_time`` (seconds) of a log written with interval 1."""
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     return np.array([x["time"] for x in lines]), np.array([x["data_time"] for x in lines])
-
-
-class EpochClips(torch.utils.data.Dataset[dict[str, Any]]):
-    """A dataset asked for by ``(0, epoch, index)`` keys, as the client's lasting loader asks."""
-
-    def __init__(self, dataset: SkippingDataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
-        self.dataset.set_epoch(key[1])
-        return self.dataset[key[2]]
 
 
 def time_model(
@@ -126,7 +112,7 @@ def time_epochs(
     on_device = isinstance(dataset, PlannedClips)
     sampler = RoundSampler()
     loader = make_loader(
-        EpochClips(dataset), batch_size=args.batch, workers=workers, shuffle=False,
+        PartitionClips(lambda _: dataset), batch_size=args.batch, workers=workers, shuffle=False,
         pin_memory=device.type == "cuda", sampler=sampler,
         collate_fn=collate_planned if on_device else None,
     )  # fmt: skip

@@ -16,7 +16,8 @@ on the device when it is a GPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,19 +112,18 @@ def build_dataset(
 class PartitionClips(Dataset[dict[str, Any]]):
     """Every partition's pretext samples behind one index, ``(partition, epoch, position)``.
 
-    Each partition's dataset is built on first use, in whichever process asks (the loader's
-    workers build their own), and kept.
+    Each partition's dataset is built by ``build(partition_id)`` on first use, in whichever
+    process asks (the loader's workers build their own), and kept.
     """
 
-    def __init__(self, settings: ClientSettings, on_device: bool) -> None:
-        self.settings, self.on_device = settings, on_device
+    def __init__(self, build: Callable[[int], SkippingDataset]) -> None:
+        self.build = build
         self._partitions: dict[int, SkippingDataset] = {}
 
     def partition(self, partition_id: int) -> SkippingDataset:
         """Return the dataset of one partition."""
         if partition_id not in self._partitions:
-            dataset = build_dataset(self.settings, partition_id, self.on_device)
-            self._partitions[partition_id] = dataset
+            self._partitions[partition_id] = self.build(partition_id)
         return self._partitions[partition_id]
 
     def __len__(self) -> int:
@@ -194,7 +194,8 @@ def round_loader(
     key = (settings, on_device, device.type == "cuda")
     if key not in _LOADERS:
         _LOADERS.clear()  # one run's settings per process: other loaders' workers can stop
-        clips, sampler = PartitionClips(settings, on_device), RoundSampler()
+        clips = PartitionClips(functools.partial(build_dataset, settings, on_device=on_device))
+        sampler = RoundSampler()
         loader = make_loader(
             clips, batch_size=settings.batch_size, workers=settings.workers, shuffle=False,
             pin_memory=device.type == "cuda", sampler=sampler,
