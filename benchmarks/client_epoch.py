@@ -116,7 +116,9 @@ def time_epochs(
         pin_memory=device.type == "cuda", sampler=sampler,
         collate_fn=collate_planned if on_device else None,
     )  # fmt: skip
-    prepare = DeviceAugmentation(args.crop_size, device, variant.channels_last)
+    prepare = (
+        DeviceAugmentation(args.crop_size, device, variant.channels_last) if on_device else None
+    )
     rows = []
     for epoch in range(args.epochs):
         sampler.start(0, epoch, len(dataset), args.seed + epoch)
@@ -125,7 +127,7 @@ def time_epochs(
             result = train_one_epoch(
                 model, loader, optimizer, device=device, bf16=variant.bf16,
                 channels_last=variant.channels_last, log_path=log, log_interval=1,
-                progress=False, prepare=prepare if on_device else None,
+                progress=False, prepare=prepare,
             )  # fmt: skip
             synchronize(device)
             step, wait = read_log(log)

@@ -107,8 +107,11 @@ def train_locally(
         torch.set_num_threads(max(1, settings.num_threads))
     torch.manual_seed(settings.seed * 1_000_003 + server_round * 1009 + partition_id)
     client_dir = settings.client_dir(partition_id)
-    on_device = augments_on_device(settings, device)
-    prepare = DeviceAugmentation(settings.crop_size, device, settings.channels_last)
+    prepare = (
+        DeviceAugmentation(settings.crop_size, device, settings.channels_last)
+        if augments_on_device(settings, device)
+        else None  # the loader's batches go to the device as they are
+    )
 
     model = cached_model(settings.pretext, settings.width, settings.clip_len, device)
     own_head = load_own_head(client_dir, server_round) if partial else None
@@ -128,7 +131,7 @@ def train_locally(
             epoch=epoch + 1, grad_clip=settings.grad_clip, bf16=settings.bf16,
             channels_last=settings.channels_last, log_path=log_path,
             log_interval=settings.log_interval, progress=settings.progress,
-            prepare=prepare if on_device else None,
+            prepare=prepare,
         )  # fmt: skip
         losses.append(result.loss)
         trivial.append(result.terms.get("trivial_loss", math.nan))
