@@ -333,7 +333,7 @@ def _base_alpha(
 def paste(frames: np.ndarray, plan: PatchPlan) -> np.ndarray:
     """Blend a plan's patches into a copy of the clip, large ones first (§3.3.5-8).
 
-    Each patch is the source frame at its box there (blended toward white by ``highlight``),
+    Each patch is the source frame at its box there (blended toward its tint by ``highlight``),
     resized with its alpha mask to the box of every frame it is visible on (OpenCV bilinear).
 
     Parameters
