@@ -15,6 +15,10 @@ the composed config:
 
     python -m benchmarks.pretext_learning --steps 250 \\
         --runs "pretext=speed" "pretext=speed optimizer.lr=0.001" "pretext=vcop"
+
+Two controls tell "cannot fit" from "fits but does not generalise": ``--fixed-batch`` trains on
+the first batch over and over (a model that can learn at all memorises it), and
+``--optimizer adam`` replaces the clients' SGD by Adam at the run's ``optimizer.lr``.
 """
 
 from __future__ import annotations
@@ -46,27 +50,46 @@ def composed(overrides: list[str]) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def train_run(cfg: dict[str, Any], root: Path, steps: int, window: int, seed: int) -> list[dict]:
-    """Train the composed config's pretext centrally; return one record per window of steps."""
+def train_run(
+    cfg: dict[str, Any],
+    root: Path,
+    steps: int,
+    window: int,
+    seed: int,
+    *,
+    optimizer_name: str = "sgd",
+    fixed_batch: bool = False,
+) -> list[dict]:
+    """Train the composed config's pretext centrally; return one record per window of steps.
+
+    ``optimizer_name`` is ``sgd`` (the clients' optimiser) or ``adam`` (at the same lr, no
+    decay); ``fixed_batch`` repeats the first batch at every step (the memorisation control).
+    """
     pretext = pretext_from_mapping(cfg["pretext"], cfg["ctp"])
     width, clip_len, crop = int(cfg["model"]["width"]), int(cfg["clip_len"]), int(cfg["crop_size"])
     torch.manual_seed(seed)
     model = pretext.build_model(width=width, clip_len=clip_len).train()
     backbone: nn.Module = model.backbone  # type: ignore[assignment]
     optimizer_cfg = cfg["optimizer"]
-    optimizer = build_optimizer(
-        model, lr=float(optimizer_cfg["lr"]), momentum=float(optimizer_cfg["momentum"]),
-        weight_decay=float(optimizer_cfg["weight_decay"]),
+    lr = float(optimizer_cfg["lr"])
+    optimizer = (
+        torch.optim.Adam(model.parameters(), lr=lr) if optimizer_name == "adam" else
+        build_optimizer(model, lr=lr, momentum=float(optimizer_cfg["momentum"]),
+                        weight_decay=float(optimizer_cfg["weight_decay"]))
     )  # fmt: skip
     dataset = pretext.dataset(
         load_annotations(root / cfg["dataset"]["train_annotations"]), ZipFrameSource(root),
         clip_len=clip_len, crop_size=crop, seed=seed,
     )  # fmt: skip
+    batch_size = int(cfg["batch_size"])
+    dataset.set_epoch(0)
+    first = [next(iter(make_loader(dataset, batch_size=batch_size, seed=seed)))] * fixed_batch
     records, current, started, step, epoch = [], [], time.perf_counter(), 0, 0
     while step < steps:
         dataset.set_epoch(epoch)
-        for batch in make_loader(dataset, batch_size=int(cfg["batch_size"]), seed=seed + epoch):
-            batch.pop("skipped", None)
+        loader = make_loader(dataset, batch_size=batch_size, seed=seed + epoch)
+        for batch in first * (steps - step) or loader:
+            batch = {k: v for k, v in batch.items() if k != "skipped"}
             losses = model(**batch)
             loss = training_loss(losses)
             optimizer.zero_grad(set_to_none=True)
@@ -106,18 +129,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                        help="sgd: the clients' optimiser; adam: Adam at the run's optimizer.lr")
+    parser.add_argument("--fixed-batch", action="store_true",
+                        help="train on the first batch at every step (can the model fit at all?)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     report: dict[str, Any] = {"benchmark": "pretext_learning", "machine": machine_info(),
-                              "steps": args.steps, "runs": []}  # fmt: skip
+                              "steps": args.steps, "optimizer": args.optimizer,
+                              "fixed_batch": args.fixed_batch, "runs": []}  # fmt: skip
     for run in args.runs:
         overrides = run.split()
         print(f"{run}:", flush=True)
-        windows = train_run(composed(overrides), args.dataset_root, args.steps, args.window,
-                            args.seed)  # fmt: skip
+        windows = train_run(
+            composed(overrides), args.dataset_root, args.steps, args.window, args.seed,
+            optimizer_name=args.optimizer, fixed_batch=args.fixed_batch,
+        )  # fmt: skip
         report["runs"].append({"overrides": overrides, "windows": windows})
         write_report(report, args.output)
     return 0

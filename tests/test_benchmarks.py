@@ -259,3 +259,20 @@ def test_client_round_report(ucf_like: Path) -> None:
         assert row["clips_per_s"] == pytest.approx(12 / row["seconds"], rel=1e-2)
     rate = result["rounds"][-1]["clips_per_s"]
     assert result["baseline_projection_min"] == pytest.approx(20 * 5 * 1907 / rate / 60, 1e-2)
+
+
+def test_pretext_learning_controls(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    # The memorisation control: Adam on one repeated batch must fit it (the ratio falls).
+    output = tmp_path / "fixed.json"
+    tiny = "model.width=8 clip_len=8 crop_size=32 batch_size=2 optimizer.lr=0.001"
+    run(
+        "-m", "benchmarks.pretext_learning", "--dataset-root", str(synthetic_data_dir / "synthetic"),
+        "--steps", "30", "--window", "10", "--threads", "1", "--output", str(output),
+        "--optimizer", "adam", "--fixed-batch", "--runs", f"pretext=speed {tiny}",
+    )  # fmt: skip
+    report = json.loads(output.read_text())
+    assert report["optimizer"] == "adam" and report["fixed_batch"] is True
+    windows = report["runs"][0]["windows"]
+    assert [w["step"] for w in windows] == [10, 20, 30]
+    assert windows[-1]["ratio"] < 0.5 * windows[0]["ratio"]
+    assert windows[-1]["accuracy"] == 1.0
