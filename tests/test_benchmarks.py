@@ -265,8 +265,9 @@ def test_pretext_learning_controls(synthetic_data_dir: Path, tmp_path: Path) -> 
     # The memorisation control: Adam on one repeated batch must fit it (the ratio falls).
     output = tmp_path / "fixed.json"
     tiny = "model.width=8 clip_len=8 crop_size=32 batch_size=2 optimizer.lr=0.001"
+    root = str(synthetic_data_dir / "synthetic")
     run(
-        "-m", "benchmarks.pretext_learning", "--dataset-root", str(synthetic_data_dir / "synthetic"),
+        "-m", "benchmarks.pretext_learning", "--dataset-root", root,
         "--steps", "30", "--window", "10", "--threads", "1", "--output", str(output),
         "--optimizer", "adam", "--fixed-batch", "--runs", f"pretext=speed {tiny}",
     )  # fmt: skip
