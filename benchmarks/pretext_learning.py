@@ -129,10 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads")
-    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
-                        help="sgd: the clients' optimiser; adam: Adam at the run's optimizer.lr")
-    parser.add_argument("--fixed-batch", action="store_true",
-                        help="train on the first batch at every step (can the model fit at all?)")
+    parser.add_argument(
+        "--optimizer",
+        choices=["sgd", "adam"],
+        default="sgd",
+        help="sgd: the clients' optimiser; adam: Adam at the run's optimizer.lr",
+    )
+    parser.add_argument(
+        "--fixed-batch",
+        action="store_true",
+        help="train on the first batch at every step (can the model fit at all?)",
+    )
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     if args.threads:
