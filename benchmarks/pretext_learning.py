@@ -24,6 +24,7 @@ the first batch over and over (a model that can learn at all memorises it), and
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,14 @@ def train_run(
     )  # fmt: skip
     batch_size = int(cfg["batch_size"])
     dataset.set_epoch(0)
-    first = [next(iter(make_loader(dataset, batch_size=batch_size, seed=seed)))] * fixed_batch
+    first = (
+        next(iter(make_loader(dataset, batch_size=batch_size, seed=seed))) if fixed_batch else None
+    )
     records, current, started, step, epoch = [], [], time.perf_counter(), 0, 0
     while step < steps:
         dataset.set_epoch(epoch)
         loader = make_loader(dataset, batch_size=batch_size, seed=seed + epoch)
-        for batch in first * (steps - step) or loader:
+        for batch in loader if first is None else itertools.repeat(first, steps - step):
             batch = {k: v for k, v in batch.items() if k != "skipped"}
             losses = model(**batch)
             loss = training_loss(losses)
