@@ -221,17 +221,26 @@ def test_lever_sweep_undoes_one_departure_at_a_time() -> None:
             assert recipe.head_init == marked.head_init
 
 
-def test_pretext_learning_report(synthetic_data_dir: Path, tmp_path: Path) -> None:
-    output = tmp_path / "pretexts.json"
-    tiny = "model.width=8 clip_len=8 crop_size=32 batch_size=2"
-    root = str(synthetic_data_dir / "synthetic")
+TINY_PRETEXT = "model.width=8 clip_len=8 crop_size=32 batch_size=2"
+
+
+def pretext_learning(data_dir: Path, output: Path, *args: str) -> dict[str, Any]:
+    """Run benchmarks.pretext_learning on the synthetic set, one thread; return its report."""
+    root = str(data_dir / "synthetic")
     run(
-        "-m", "benchmarks.pretext_learning", "--dataset-root", root,
-        "--steps", "4", "--window", "2", "--threads", "1", "--output", str(output),
-        "--runs", f"pretext=speed {tiny}", f"pretext=vcop optimizer.lr=0.01 {tiny}",
+        "-m", "benchmarks.pretext_learning", "--dataset-root", root, "--threads", "1",
+        "--output", str(output), *args,
     )  # fmt: skip
     report = json.loads(output.read_text())
     assert report["benchmark"] == "pretext_learning"
+    return report
+
+
+def test_pretext_learning_report(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    report = pretext_learning(
+        synthetic_data_dir, tmp_path / "pretexts.json", "--steps", "4", "--window", "2",
+        "--runs", f"pretext=speed {TINY_PRETEXT}", f"pretext=vcop optimizer.lr=0.01 {TINY_PRETEXT}",
+    )  # fmt: skip
     runs = report["runs"]
     assert [r["overrides"][0] for r in runs] == ["pretext=speed", "pretext=vcop"]
     assert runs[1]["overrides"][1] == "optimizer.lr=0.01"
@@ -263,15 +272,11 @@ def test_client_round_report(ucf_like: Path) -> None:
 
 def test_pretext_learning_controls(synthetic_data_dir: Path, tmp_path: Path) -> None:
     # The memorisation control: Adam on one repeated batch must fit it (the ratio falls).
-    output = tmp_path / "fixed.json"
-    tiny = "model.width=8 clip_len=8 crop_size=32 batch_size=2 optimizer.lr=0.001"
-    root = str(synthetic_data_dir / "synthetic")
-    run(
-        "-m", "benchmarks.pretext_learning", "--dataset-root", root,
-        "--steps", "30", "--window", "10", "--threads", "1", "--output", str(output),
-        "--optimizer", "adam", "--fixed-batch", "--runs", f"pretext=speed {tiny}",
+    report = pretext_learning(
+        synthetic_data_dir, tmp_path / "fixed.json", "--steps", "30", "--window", "10",
+        "--optimizer", "adam", "--fixed-batch",
+        "--runs", f"pretext=speed {TINY_PRETEXT} optimizer.lr=0.001",
     )  # fmt: skip
-    report = json.loads(output.read_text())
     assert report["optimizer"] == "adam" and report["fixed_batch"] is True
     windows = report["runs"][0]["windows"]
     assert [w["step"] for w in windows] == [10, 20, 30]
