@@ -38,29 +38,56 @@ class DownstreamError(ValueError):
     """Bad input to retrieval or fine-tuning that the user can fix (the message says how)."""
 
 
-def frame_source(dataset: Config) -> FrameSource:
-    """Where the dataset's frames come from: CtP zips of JPEGs, or the video files."""
-    return open_frame_source(
-        dataset["frames"], dataset["root"],
-        zip_template=dataset["zip_template"], video_template=dataset["video_template"],
-    )  # fmt: skip
+@dataclass(frozen=True)
+class DatasetFiles:
+    """Where a prepared dataset's files are: the ``dataset`` section of the config, typed once."""
+
+    name: str
+    root: Path
+    frames: str  # zip: CtP zips of JPEGs; video: the video files, decoded with PyAV
+    zip_template: str
+    video_template: str
+    train_annotations: str  # relative to root
+    test_annotations: str
+    auto_prepare: bool  # prepare it on first use (the synthetic dataset)
+    flip_changes_label: bool  # a horizontal flip turns one class into another
+
+    @classmethod
+    def from_config(cls, dataset: Config) -> DatasetFiles:
+        """Read the ``dataset`` section of a composed config."""
+        return cls(
+            name=str(dataset["name"]), root=Path(dataset["root"]), frames=str(dataset["frames"]),
+            zip_template=str(dataset["zip_template"]),
+            video_template=str(dataset["video_template"]),
+            train_annotations=str(dataset["train_annotations"]),
+            test_annotations=str(dataset["test_annotations"]),
+            auto_prepare=bool(dataset.get("auto_prepare", False)),
+            flip_changes_label=bool(dataset.get("flip_changes_label", False)),
+        )  # fmt: skip
+
+    def frame_source(self) -> FrameSource:
+        """Where the frames come from: CtP zips of JPEGs, or the video files."""
+        return open_frame_source(
+            self.frames, self.root,
+            zip_template=self.zip_template, video_template=self.video_template,
+        )  # fmt: skip
 
 
-def load_splits(dataset: Config, data_dir: str) -> tuple[list[Annotation], list[Annotation]]:
+def load_splits(dataset: DatasetFiles, data_dir: str) -> tuple[list[Annotation], list[Annotation]]:
     """Read the train and test annotations, preparing the synthetic dataset on first use."""
-    root = Path(dataset["root"])
-    paths = [root / dataset["train_annotations"], root / dataset["test_annotations"]]
-    if not all(p.is_file() for p in paths) and dataset.get("auto_prepare"):
+    root = dataset.root
+    paths = [root / dataset.train_annotations, root / dataset.test_annotations]
+    if not all(p.is_file() for p in paths) and dataset.auto_prepare:
         from fedvssl.data.preparation import prepare_dataset
 
-        logger.info("preparing the %s dataset in %s (first use)", dataset["name"], root)
+        logger.info("preparing the %s dataset in %s (first use)", dataset.name, root)
         try:
-            prepare_dataset(dataset["name"], Path(data_dir))
+            prepare_dataset(dataset.name, Path(data_dir))
         except DataError as err:
             raise DownstreamError(str(err)) from None
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        command = f"python dataset_preparation.py --dataset {dataset['name']} --data-dir {data_dir}"
+        command = f"python dataset_preparation.py --dataset {dataset.name} --data-dir {data_dir}"
         raise DownstreamError(f"{missing[0]} does not exist: prepare the data with `{command}`")
     train, test = (load_annotations(p) for p in paths)
     if not train or not test:
@@ -97,7 +124,7 @@ def pick_device() -> torch.device:
 class RoundEvaluation:
     """Settings of the server's per-round retrieval (``evaluation`` in ``conf/base.yaml``)."""
 
-    dataset: Config  # the dataset section of the run's config
+    dataset: DatasetFiles
     data_dir: str
     clip_len: int
     stride: int  # frame stride of the evaluation clips (reference §7.2: 2)
@@ -126,7 +153,7 @@ def make_round_evaluator(settings: RoundEvaluation) -> RoundEvaluator:
         (queries) and the train split (gallery); ``state`` holds the round's arrays by key.
     """
     train, test = load_splits(settings.dataset, settings.data_dir)
-    source = frame_source(settings.dataset)
+    source = settings.dataset.frame_source()
     clips = {
         "clip_len": settings.clip_len, "stride": settings.stride,
         "crop_size": settings.crop_size, "num_clips": settings.num_clips,

@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from CtP.backbone import load_backbone
 from CtP.classifier import Classifier, build_classifier, video_accuracy
-from CtP.datasets import Annotation, ClipDataset, MultiClipDataset, VideoReadError
+from CtP.datasets import Annotation, ClipDataset, FrameSource, MultiClipDataset, VideoReadError
 from CtP.retrieval import build_retrieval_model, extract_features, retrieval_metrics
 from CtP.train import build_optimizer, make_loader, train_one_epoch
 from CtP.transforms import FinetuneAugmentation
@@ -38,8 +38,8 @@ from fedvssl.checkpoints import CheckpointError, load_backbone_state
 from fedvssl.data.atomic import atomic_path, write_bytes_atomic
 from fedvssl.evaluation import (
     Config,
+    DatasetFiles,
     DownstreamError,
-    frame_source,
     load_splits,
     multi_clip,
     pick_device,
@@ -58,10 +58,10 @@ POSITIVE_KEYS = ("batch_size", "clip_len", "crop_size", "frame_stride", "num_cli
                  "eval_batch_size")  # fmt: skip
 
 
-def test_clips(cfg: Config, items: list[Annotation]) -> MultiClipDataset:
+def test_clips(cfg: Config, source: FrameSource, items: list[Annotation]) -> MultiClipDataset:
     """The ``num_clips`` uniformly spaced clips of every video in ``items`` (reference §7.1)."""
     return multi_clip(
-        frame_source(cfg["dataset"]), items, clip_len=int(cfg["clip_len"]),
+        source, items, clip_len=int(cfg["clip_len"]),
         stride=int(cfg["frame_stride"]), crop_size=int(cfg["crop_size"]),
         num_clips=int(cfg["num_clips"]),
     )  # fmt: skip
@@ -163,7 +163,7 @@ def build_finetuning(
 
 def finetune(
     cfg: Config, run_dir: Path, state: BackboneState | None, width: int, num_classes: int,
-    train: list[Annotation], test_set: MultiClipDataset,
+    dataset: DatasetFiles, train: list[Annotation], test_set: MultiClipDataset,
 ) -> dict[str, Any]:  # fmt: skip
     """Fine-tune the whole classifier (reference §7.1), then test it; returns the test metrics."""
     seed, device = int(cfg["seed"]), pick_device()
@@ -171,9 +171,9 @@ def finetune(
     first, best = resume_point(run_dir, bool(cfg["resume"]), model, optimizer, scheduler)
     crop = int(cfg["crop_size"])
     # a horizontal flip would turn one class into another on a dataset whose classes are directions
-    flip_prob = 0.0 if cfg["dataset"].get("flip_changes_label") else FINETUNE_FLIP_PROB
+    flip_prob = 0.0 if dataset.flip_changes_label else FINETUNE_FLIP_PROB
     train_set = ClipDataset(
-        train, frame_source(cfg["dataset"]),
+        train, dataset.frame_source(),
         FinetuneAugmentation(crop_size=crop, flip_prob=flip_prob),
         clip_len=int(cfg["clip_len"]), stride=int(cfg["frame_stride"]), seed=seed,
     )  # fmt: skip
@@ -232,27 +232,29 @@ def downstream(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
         progress=bool(cfg["progress"]),
     )  # fmt: skip
     state = load_backbone_state(pretrained) if pretrained else None
-    train, test = load_splits(cfg["dataset"], str(cfg["data_dir"]))
+    dataset = DatasetFiles.from_config(cfg["dataset"])
+    train, test = load_splits(dataset, str(cfg["data_dir"]))
     num_classes = max(a.label for a in train + test)
     width = int(state["stem.conv.weight"].shape[0]) if state else int(cfg["model"]["width"])
     logger.info(
         "%s: %d train / %d test videos, %d classes; backbone %s (width %d) on %s",
-        cfg["dataset"]["name"], len(train), len(test), num_classes, pretrained or "random",
+        dataset.name, len(train), len(test), num_classes, pretrained or "random",
         width, pick_device(),
     )  # fmt: skip
-    test_set = test_clips(cfg, test)
+    source = dataset.frame_source()
+    test_set = test_clips(cfg, source, test)
     results: dict[str, Any] = {
         "checkpoint": str(Path(pretrained).resolve()) if pretrained else None,
-        "dataset": cfg["dataset"]["name"],
+        "dataset": dataset.name,
     }
     try:
         if cfg["retrieval"]:
-            gallery = test_clips(cfg, train)
+            gallery = test_clips(cfg, source, train)
             results |= run_retrieval(cfg, run_dir, state, width, test_set, gallery)
         if int(cfg["epochs"]) > 0:
-            results |= finetune(cfg, run_dir, state, width, num_classes, train, test_set)
+            results |= finetune(cfg, run_dir, state, width, num_classes, dataset, train, test_set)
     except VideoReadError as err:
-        raise DownstreamError(f"{err}; check the dataset in {cfg['dataset']['root']}") from None
+        raise DownstreamError(f"{err}; check the dataset in {dataset.root}") from None
     results |= {
         "epochs": int(cfg["epochs"]), "seconds": time.perf_counter() - started, "config": cfg,
     }  # fmt: skip

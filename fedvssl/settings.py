@@ -115,12 +115,12 @@ def client_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> Clie
 
 def round_evaluation(cfg: dict[str, Any]) -> RoundEvaluation:
     """Read the server's per-round retrieval settings from the composed config."""
-    from fedvssl.evaluation import RoundEvaluation
+    from fedvssl.evaluation import DatasetFiles, RoundEvaluation
 
     evaluation = cfg["evaluation"]
     max_videos = evaluation.get("max_videos")
     return RoundEvaluation(
-        dataset=dict(cfg["dataset"]), data_dir=str(cfg["data_dir"]),
+        dataset=DatasetFiles.from_config(cfg["dataset"]), data_dir=str(cfg["data_dir"]),
         clip_len=int(cfg["clip_len"]), stride=int(evaluation.get("frame_stride", 2)),
         crop_size=int(cfg["crop_size"]), num_clips=int(evaluation["num_clips"]),
         batch_size=int(evaluation["batch_size"]),
