@@ -19,6 +19,7 @@ the composed config:
 Two controls tell "cannot fit" from "fits but does not generalise": ``--fixed-batch`` trains on
 the first batch over and over (a model that can learn at all memorises it), and
 ``--optimizer adam`` replaces the clients' SGD by Adam at the run's ``optimizer.lr``.
+``--classes`` trains on the videos of the named classes only (which motions can a pretext read?).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 
 from benchmarks import grad_norm, machine_info, write_report
-from CtP.datasets import ZipFrameSource, load_annotations
+from CtP.datasets import Annotation, ZipFrameSource, load_annotations
 from CtP.pretext import pretext_from_mapping
 from CtP.train import build_optimizer, make_loader, training_loss
 
@@ -51,6 +52,17 @@ def composed(overrides: list[str]) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+def of_classes(items: list[Annotation], classes: list[str] | None) -> list[Annotation]:
+    """Keep the videos of ``classes`` (names are ``Class/video``); all of them for ``None``."""
+    if classes is None:
+        return items
+    present = sorted({a.name.split("/")[0] for a in items})
+    unknown = sorted(set(classes) - set(present))
+    if unknown:
+        raise SystemExit(f"--classes: no video of {unknown}; the classes are {present}")
+    return [a for a in items if a.name.split("/")[0] in classes]
+
+
 def train_run(
     cfg: dict[str, Any],
     root: Path,
@@ -60,11 +72,13 @@ def train_run(
     *,
     optimizer_name: str = "sgd",
     fixed_batch: bool = False,
+    classes: list[str] | None = None,
 ) -> list[dict]:
     """Train the composed config's pretext centrally; return one record per window of steps.
 
     ``optimizer_name`` is ``sgd`` (the clients' optimiser) or ``adam`` (at the same lr, no
-    decay); ``fixed_batch`` repeats the first batch at every step (the memorisation control).
+    decay); ``fixed_batch`` repeats the first batch at every step (the memorisation control);
+    ``classes`` keeps the videos of those classes only (all of them for ``None``).
     """
     pretext = pretext_from_mapping(cfg["pretext"], cfg["ctp"])
     width, clip_len, crop = int(cfg["model"]["width"]), int(cfg["clip_len"]), int(cfg["crop_size"])
@@ -79,7 +93,8 @@ def train_run(
                         weight_decay=float(optimizer_cfg["weight_decay"]))
     )  # fmt: skip
     dataset = pretext.dataset(
-        load_annotations(root / cfg["dataset"]["train_annotations"]), ZipFrameSource(root),
+        of_classes(load_annotations(root / cfg["dataset"]["train_annotations"]), classes),
+        ZipFrameSource(root),
         clip_len=clip_len, crop_size=crop, seed=seed,
     )  # fmt: skip
     batch_size = int(cfg["batch_size"])
@@ -143,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train on the first batch at every step (can the model fit at all?)",
     )
+    parser.add_argument(
+        "--classes", nargs="+", help="train on the videos of these classes only (default: all)"
+    )
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     if args.threads:
@@ -150,13 +168,14 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, Any] = {"benchmark": "pretext_learning", "machine": machine_info(),
                               "steps": args.steps, "optimizer": args.optimizer,
-                              "fixed_batch": args.fixed_batch, "runs": []}  # fmt: skip
+                              "fixed_batch": args.fixed_batch, "classes": args.classes,
+                              "runs": []}  # fmt: skip
     for run in args.runs:
         overrides = run.split()
         print(f"{run}:", flush=True)
         windows = train_run(
             composed(overrides), args.dataset_root, args.steps, args.window, args.seed,
-            optimizer_name=args.optimizer, fixed_batch=args.fixed_batch,
+            optimizer_name=args.optimizer, fixed_batch=args.fixed_batch, classes=args.classes,
         )  # fmt: skip
         report["runs"].append({"overrides": overrides, "windows": windows})
         write_report(report, args.output)

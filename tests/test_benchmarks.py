@@ -282,3 +282,21 @@ def test_pretext_learning_controls(synthetic_data_dir: Path, tmp_path: Path) -> 
     assert [w["step"] for w in windows] == [10, 20, 30]
     assert windows[-1]["ratio"] < 0.5 * windows[0]["ratio"]
     assert windows[-1]["accuracy"] == 1.0
+
+
+def test_pretext_learning_classes(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    # --classes keeps the named classes' videos; an unknown one is refused with the list.
+    report = pretext_learning(
+        synthetic_data_dir, tmp_path / "zoom.json", "--steps", "2", "--window", "2",
+        "--classes", "ZoomIn", "ZoomOut", "--runs", f"pretext=speed {TINY_PRETEXT}",
+    )  # fmt: skip
+    assert report["classes"] == ["ZoomIn", "ZoomOut"]
+    assert [w["step"] for w in report["runs"][0]["windows"]] == [2]
+    root = str(synthetic_data_dir / "synthetic")
+    done = run(
+        "-m", "benchmarks.pretext_learning", "--dataset-root", root, "--steps", "2",
+        "--classes", "Zoom", "--runs", f"pretext=speed {TINY_PRETEXT}", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("--classes: no video of ['Zoom']")
+    assert "'ZoomIn'" in done.stderr
