@@ -133,6 +133,9 @@ class R3D(nn.Module):
         Channels of the stem and layer1; the stages have (w, 2w, 4w, 8w) channels. 64 is R3D-18.
     spatial_downsampling, temporal_downsampling : tuple of four bools
         Whether block 0 of layer1..layer4 strides by 2 in space / in time.
+    zero_init_residual : bool
+        Start every block's last BatchNorm at weight 0, so each block begins as its shortcut
+        (Goyal et al., 2017). The original's R3D does not (``zero_init_residual=False``).
 
     Notes
     -----
@@ -146,6 +149,7 @@ class R3D(nn.Module):
         width: int = 64,
         spatial_downsampling: Downsampling = PRETRAIN_DOWNSAMPLING[0],
         temporal_downsampling: Downsampling = PRETRAIN_DOWNSAMPLING[1],
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
@@ -171,15 +175,18 @@ class R3D(nn.Module):
             stages.append(nn.Sequential(*blocks))
             in_channels = out_channels
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self._init_weights()
+        self._init_weights(zero_init_residual)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm3d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for block in (m for m in self.modules() if isinstance(m, BasicBlock)):
+                nn.init.zeros_(block.bn2.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         """Extract the last stage's feature map.
@@ -201,7 +208,12 @@ class R3D(nn.Module):
         return self.layer4(x)  # [B, 8w, T/8, H/8 or H/16, ...]
 
 
-def r3d_18(*, width: int = 64, mode: Literal["pretrain", "finetune"] = "pretrain") -> R3D:
+def r3d_18(
+    *,
+    width: int = 64,
+    mode: Literal["pretrain", "finetune"] = "pretrain",
+    zero_init_residual: bool = False,
+) -> R3D:
     """Build the R3D-18 backbone with the strides CtP uses for pre-training or fine-tuning.
 
     Parameters
@@ -211,6 +223,8 @@ def r3d_18(*, width: int = 64, mode: Literal["pretrain", "finetune"] = "pretrain
     mode : {"pretrain", "finetune"}
         ``"pretrain"`` keeps layer4 spatially unstrided (total spatial stride 8);
         ``"finetune"`` strides every stage from layer2 on (total spatial stride 16).
+    zero_init_residual : bool
+        Start every residual block as its shortcut (see :class:`R3D`).
 
     Returns
     -------
@@ -221,7 +235,10 @@ def r3d_18(*, width: int = 64, mode: Literal["pretrain", "finetune"] = "pretrain
     if mode not in strides:
         raise ValueError(f"R3D mode must be 'pretrain' or 'finetune', got {mode!r}")
     spatial, temporal = strides[mode]
-    return R3D(width=width, spatial_downsampling=spatial, temporal_downsampling=temporal)
+    return R3D(
+        width=width, spatial_downsampling=spatial, temporal_downsampling=temporal,
+        zero_init_residual=zero_init_residual,
+    )  # fmt: skip
 
 
 def backbone_state_spec(width: int = 64) -> list[tuple[str, tuple[int, ...]]]:

@@ -118,6 +118,9 @@ class SpeedRecipe:
     flip_prob, colour_prob
         Probability of a horizontal flip (0.5) and of each of the brightness, contrast and
         hue/saturation changes (0.2), as the reference.
+    zero_init_residual
+        Start every backbone block as its shortcut (the reference: no; see
+        :class:`CtP.backbone.R3D`).
     """
 
     name: ClassVar[str] = "speed"
@@ -126,6 +129,7 @@ class SpeedRecipe:
     sizes: tuple[tuple[int, int], ...] = ((149, 112), (171, 128), (192, 144))
     flip_prob: float = 0.5
     colour_prob: float = 0.2
+    zero_init_residual: bool = False
 
     def __post_init__(self) -> None:
         if len(set(self.strides)) < 2 or len(set(self.strides)) != len(self.strides):
@@ -133,7 +137,7 @@ class SpeedRecipe:
 
     def build_model(self, *, width: int, clip_len: int) -> Speed:
         """Build a freshly initialised Speed model (any ``clip_len``: features are pooled)."""
-        backbone = r3d_18(width=width, mode="finetune")
+        backbone = r3d_18(width=width, mode="finetune", zero_init_residual=self.zero_init_residual)
         return Speed(backbone, ClsHead(backbone.out_channels, len(self.strides), self.dropout))
 
     def dataset(

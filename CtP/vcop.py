@@ -181,6 +181,9 @@ class VCOPRecipe:
     size
         ``(width, height)`` the frames are resized to before the random crop, at the 112-pixel
         reference crop (the reference: 171 x 128; no flip, no colour change).
+    zero_init_residual
+        Start every backbone block as its shortcut (the reference: no; see
+        :class:`CtP.backbone.R3D`).
     """
 
     name: ClassVar[str] = "vcop"
@@ -188,6 +191,7 @@ class VCOPRecipe:
     interval: tuple[int, int] = (8, 8)
     dropout: float = 0.5
     size: tuple[int, int] = (171, 128)
+    zero_init_residual: bool = False
 
     def __post_init__(self) -> None:
         if self.tuple_len < 2 or not 0 <= self.interval[0] <= self.interval[1]:
@@ -198,7 +202,7 @@ class VCOPRecipe:
 
     def build_model(self, *, width: int, clip_len: int) -> VCOP:
         """Build a freshly initialised VCOP model (any ``clip_len``: features are pooled)."""
-        backbone = r3d_18(width=width, mode="finetune")
+        backbone = r3d_18(width=width, mode="finetune", zero_init_residual=self.zero_init_residual)
         channels = backbone.out_channels
         return VCOP(backbone, VCOPHead(channels, self.tuple_len, channels, self.dropout))
 

@@ -150,6 +150,21 @@ def test_init() -> None:
     assert w.mean().abs().item() < 0.05 * expected_std
 
 
+def test_zero_init_residual_starts_every_block_as_its_shortcut() -> None:
+    torch.manual_seed(0)
+    model = r3d_18(width=16, mode="finetune", zero_init_residual=True)
+    zeroed = [m for n, m in model.named_modules() if n.endswith("bn2")]
+    assert len(zeroed) == 8
+    assert all(isinstance(m, nn.BatchNorm3d) and torch.all(m.weight == 0) for m in zeroed)
+    others = [m for n, m in model.named_modules()
+              if isinstance(m, nn.BatchNorm3d) and not n.endswith("bn2")]  # fmt: skip
+    assert all(torch.all(m.weight == 1) for m in others)
+    # layer1.0 has no projection: at init it passes its (non-negative) input through unchanged
+    x = torch.rand(2, 16, 4, 8, 8)  # [B, w, T, H, W]
+    assert torch.equal(model.layer1[0](x), x)
+    assert list(model.state_dict()) == list(r3d_18(width=16).state_dict())
+
+
 @pytest.mark.parametrize(
     ("mode", "strides"), [("pretrain", PRETRAIN_DOWNSAMPLING), ("finetune", FINETUNE_DOWNSAMPLING)]
 )

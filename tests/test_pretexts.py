@@ -205,6 +205,19 @@ def test_pretext_group_builds_each_recipe_with_its_reference_values() -> None:
     assert NAMES == ("ctp", "vcop", "speed")
 
 
+@pytest.mark.parametrize("name", ["vcop", "speed"])
+def test_zero_init_residual_reaches_the_pretext_backbone(name: str) -> None:
+    def last_bn_weights(overrides: list[str]) -> torch.Tensor:
+        cfg = compose_main(f"pretext={name}", *overrides)
+        model = pretext_from_mapping(cfg["pretext"], cfg["ctp"]).build_model(width=8, clip_len=8)
+        bn = model.get_submodule("backbone.layer2.1.bn2")
+        assert isinstance(bn, torch.nn.BatchNorm3d)
+        return bn.weight
+
+    assert torch.all(last_bn_weights([]) == 1)  # the reference: every BatchNorm starts at 1
+    assert torch.all(last_bn_weights(["pretext.zero_init_residual=true"]) == 0)
+
+
 def test_unknown_pretext_lists_the_choices() -> None:
     with pytest.raises(ConfigCompositionException) as error:
         compose_main("pretext=rotation")
