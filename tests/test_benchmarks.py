@@ -284,13 +284,15 @@ def test_pretext_learning_controls(synthetic_data_dir: Path, tmp_path: Path) -> 
     assert windows[-1]["accuracy"] == 1.0
 
 
-def test_pretext_learning_classes(synthetic_data_dir: Path, tmp_path: Path) -> None:
-    # --classes keeps the named classes' videos; an unknown one is refused with the list.
+def test_pretext_learning_classes_and_devices(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    # --classes keeps the named classes' videos; an unknown class or GPU is refused in one line.
     report = pretext_learning(
         synthetic_data_dir, tmp_path / "zoom.json", "--steps", "2", "--window", "2",
         "--classes", "ZoomIn", "ZoomOut", "--runs", f"pretext=speed {TINY_PRETEXT}",
+        "--workers", "1",
     )  # fmt: skip
     assert report["classes"] == ["ZoomIn", "ZoomOut"]
+    assert report["device"] == "cpu" and report["workers"] == 1
     assert [w["step"] for w in report["runs"][0]["windows"]] == [2]
     root = str(synthetic_data_dir / "synthetic")
     done = run(
@@ -300,3 +302,9 @@ def test_pretext_learning_classes(synthetic_data_dir: Path, tmp_path: Path) -> N
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith("--classes: no video of ['Zoom']")
     assert "'ZoomIn'" in done.stderr
+    missing = run(
+        "-m", "benchmarks.pretext_learning", "--dataset-root", root, "--steps", "2",
+        "--device", "cuda:99", "--runs", f"pretext=speed {TINY_PRETEXT}", check=False,
+    )  # fmt: skip
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines()[-1].startswith("--device cuda:99: this machine has")
