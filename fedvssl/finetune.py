@@ -44,6 +44,7 @@ from fedvssl.evaluation import (
     multi_clip,
     pick_device,
 )
+from fedvssl.finetune_settings import FinetuneSettings
 from fedvssl.published import DRIVE_URL, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -54,16 +55,15 @@ BackboneState = dict[str, torch.Tensor]
 # Keys a pre-training run hands on to fine-tuning (pre_train=false): the data and the clip geometry.
 FORWARDED_KEYS = ("data_dir", "seed", "resume", "clip_len", "crop_size", "workers", "bf16",
                   "channels_last")  # fmt: skip
-POSITIVE_KEYS = ("batch_size", "clip_len", "crop_size", "frame_stride", "num_clips",
-                 "eval_batch_size")  # fmt: skip
 
 
-def test_clips(cfg: Config, source: FrameSource, items: list[Annotation]) -> MultiClipDataset:
+def test_clips(
+    run: FinetuneSettings, source: FrameSource, items: list[Annotation]
+) -> MultiClipDataset:
     """The ``num_clips`` uniformly spaced clips of every video in ``items`` (reference §7.1)."""
     return multi_clip(
-        source, items, clip_len=int(cfg["clip_len"]),
-        stride=int(cfg["frame_stride"]), crop_size=int(cfg["crop_size"]),
-        num_clips=int(cfg["num_clips"]),
+        source, items, clip_len=run.clip_len, stride=run.frame_stride, crop_size=run.crop_size,
+        num_clips=run.num_clips,
     )  # fmt: skip
 
 
@@ -74,38 +74,37 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
 
 
 def run_retrieval(
-    cfg: Config, run_dir: Path, state: BackboneState | None, width: int,
+    run: FinetuneSettings, run_dir: Path, state: BackboneState | None, width: int,
     queries: MultiClipDataset, gallery: MultiClipDataset,
 ) -> dict[str, float]:  # fmt: skip
     """Compute R@k of the test split against the train split (kept in ``retrieval.json``)."""
     path = run_dir / "retrieval.json"
-    if cfg["resume"] and path.is_file():
+    if run.resume and path.is_file():
         logger.info("retrieval results of the interrupted run: %s", path)
         kept: dict[str, float] = json.loads(path.read_text())
         return kept
-    torch.manual_seed(int(cfg["seed"]))  # the random-backbone baseline is seeded too
-    model, options = build_retrieval_model(state, width=width), _inference_options(cfg)
+    torch.manual_seed(run.seed)  # the random-backbone baseline is seeded too
+    model, options = build_retrieval_model(state, width=width), _inference_options(run)
     q = extract_features(model, queries, desc="retrieval: queries", **options)
     g = extract_features(model, gallery, desc="retrieval: gallery", **options)
-    metrics = retrieval_metrics(q, g, [int(k) for k in cfg["recall_ks"]], options["device"])
+    metrics = retrieval_metrics(q, g, list(run.recall_ks), options["device"])
     metrics["retrieval_left_out"] = q.left_out + g.left_out
     write_bytes_atomic(json.dumps(metrics).encode(), path)
     return metrics
 
 
-def _inference_options(cfg: Config) -> dict[str, Any]:
+def _inference_options(run: FinetuneSettings) -> dict[str, Any]:
     return {
-        "device": pick_device(), "batch_size": int(cfg["eval_batch_size"]),
-        "workers": int(cfg["workers"]), "bf16": bool(cfg["bf16"]),
-        "channels_last": bool(cfg["channels_last"]), "progress": bool(cfg["progress"]),
+        "device": pick_device(), "batch_size": run.eval_batch_size, "workers": run.workers,
+        "bf16": run.bf16, "channels_last": run.channels_last, "progress": run.progress,
     }  # fmt: skip
 
 
 def evaluate_classifier(
-    cfg: Config, model: Classifier, test_set: MultiClipDataset
+    run: FinetuneSettings, model: Classifier, test_set: MultiClipDataset
 ) -> dict[str, float]:
     """Test at video level: clip logits averaged per video; top-1, top-5, mean class accuracy."""
-    scores = extract_features(model, test_set, desc="test", **_inference_options(cfg))
+    scores = extract_features(model, test_set, desc="test", **_inference_options(run))
     if not scores.valid.any():
         raise DownstreamError("no test video could be read; check the dataset's zips")
     if scores.left_out:
@@ -138,64 +137,61 @@ def resume_point(
 
 
 def build_finetuning(
-    cfg: Config, state: BackboneState | None, width: int, num_classes: int, device: torch.device
-) -> tuple[Classifier, torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
+    run: FinetuneSettings, state: BackboneState | None, width: int, num_classes: int,
+    device: torch.device,
+) -> tuple[Classifier, torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:  # fmt: skip
     """Build the classifier (backbone from ``state``), SGD and the step decay (reference §7.1)."""
-    opt_cfg = cfg["optimizer"]
-    torch.manual_seed(int(cfg["seed"]))
-    model = build_classifier(
-        width=width, num_classes=num_classes, dropout=float(cfg["model"]["dropout"])
-    )
+    opt = run.optimisation
+    torch.manual_seed(run.seed)
+    model = build_classifier(width=width, num_classes=num_classes, dropout=run.dropout)
     if state is not None:
         load_backbone(model, state)
     model.to(device)
-    if cfg["channels_last"]:
+    if run.channels_last:
         model.to(memory_format=torch.channels_last_3d)
     optimizer = build_optimizer(
-        model, lr=float(opt_cfg["lr"]), momentum=float(opt_cfg["momentum"]),
-        weight_decay=float(opt_cfg["weight_decay"]),
-    )  # fmt: skip
+        model, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, [int(m) for m in opt_cfg["milestones"]], gamma=float(opt_cfg["gamma"])
+        optimizer, list(opt.milestones), gamma=opt.gamma
     )
     return model, optimizer, scheduler
 
 
 def finetune(
-    cfg: Config, run_dir: Path, state: BackboneState | None, width: int, num_classes: int,
-    dataset: DatasetFiles, train: list[Annotation], test_set: MultiClipDataset,
+    run: FinetuneSettings, run_dir: Path, state: BackboneState | None, width: int,
+    num_classes: int, dataset: DatasetFiles, train: list[Annotation], test_set: MultiClipDataset,
 ) -> dict[str, Any]:  # fmt: skip
     """Fine-tune the whole classifier (reference §7.1), then test it; returns the test metrics."""
-    seed, device = int(cfg["seed"]), pick_device()
-    model, optimizer, scheduler = build_finetuning(cfg, state, width, num_classes, device)
-    first, best = resume_point(run_dir, bool(cfg["resume"]), model, optimizer, scheduler)
-    crop = int(cfg["crop_size"])
+    seed, device = run.seed, pick_device()
+    model, optimizer, scheduler = build_finetuning(run, state, width, num_classes, device)
+    first, best = resume_point(run_dir, run.resume, model, optimizer, scheduler)
     # a horizontal flip would turn one class into another on a dataset whose classes are directions
     flip_prob = 0.0 if dataset.flip_changes_label else FINETUNE_FLIP_PROB
     train_set = ClipDataset(
         train, dataset.frame_source(),
-        FinetuneAugmentation(crop_size=crop, flip_prob=flip_prob),
-        clip_len=int(cfg["clip_len"]), stride=int(cfg["frame_stride"]), seed=seed,
+        FinetuneAugmentation(crop_size=run.crop_size, flip_prob=flip_prob),
+        clip_len=run.clip_len, stride=run.frame_stride, seed=seed,
     )  # fmt: skip
-    epochs, validate_every = int(cfg["epochs"]), int(cfg["validate_every"])
+    epochs, validate_every = run.epochs, run.validate_every
     for epoch in range(first, epochs + 1):
         torch.manual_seed(seed * 1_000_003 + epoch)  # dropout: the same whether resumed or not
         train_set.set_epoch(epoch)
         loader = make_loader(
-            train_set, batch_size=int(cfg["batch_size"]), workers=int(cfg["workers"]),
+            train_set, batch_size=run.batch_size, workers=run.workers,
             seed=seed * 7919 + epoch, pin_memory=device.type == "cuda",
         )  # fmt: skip
         result = train_one_epoch(
             model, loader, optimizer, device=device, epoch=epoch,
-            grad_clip=float(cfg["optimizer"]["grad_clip"]), bf16=bool(cfg["bf16"]),
-            channels_last=bool(cfg["channels_last"]), log_path=run_dir / "finetune.log.json",
-            log_interval=int(cfg["log_interval"]), progress=bool(cfg["progress"]),
+            grad_clip=run.optimisation.grad_clip, bf16=run.bf16,
+            channels_last=run.channels_last, log_path=run_dir / "finetune.log.json",
+            log_interval=run.log_interval, progress=run.progress,
             loss_fn=lambda batch: model.losses(batch["imgs"], batch["label"]),
         )  # fmt: skip
         scheduler.step()
         line = f"epoch {epoch}/{epochs}: loss {result.loss:.4f}, {result.seconds:.1f} s"
         if validate_every > 0 and epoch % validate_every == 0:
-            metrics = evaluate_classifier(cfg, model, test_set)
+            metrics = evaluate_classifier(run, model, test_set)
             line += f", test top-1 {metrics['top1']:.2f}"
             if best is None or metrics["top1"] > best["top1"]:
                 best = {"epoch": epoch, **metrics}
@@ -206,17 +202,12 @@ def finetune(
             run_dir / "last.pt",
         )  # fmt: skip
         logger.info(line)
-    return evaluate_classifier(cfg, model, test_set) | ({"best": best} if best else {})
+    return evaluate_classifier(run, model, test_set) | ({"best": best} if best else {})
 
 
-def check_config(cfg: Config, run_dir: Path) -> None:
-    """Refuse settings that make no sense, or would overwrite a fine-tuning, with one line."""
-    for key in POSITIVE_KEYS:
-        if int(cfg[key]) < 1:
-            raise DownstreamError(f"{key} must be at least 1, got {cfg[key]}")
-    if int(cfg["epochs"]) < 0:
-        raise DownstreamError(f"epochs must be 0 (retrieval only) or more, got {cfg['epochs']}")
-    if int(cfg["epochs"]) > 0 and (run_dir / "last.pt").is_file() and not cfg["resume"]:
+def check_run_dir(run: FinetuneSettings, run_dir: Path) -> None:
+    """Refuse, with one line, to overwrite a fine-tuning that ``resume`` would continue."""
+    if run.epochs > 0 and (run_dir / "last.pt").is_file() and not run.resume:
         raise DownstreamError(
             f"{run_dir / 'last.pt'} exists: pass resume=true to continue that fine-tuning, or "
             "choose another hydra.run.dir"
@@ -226,37 +217,38 @@ def check_config(cfg: Config, run_dir: Path) -> None:
 def downstream(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     """Run retrieval, then fine-tuning and test; write and return ``results.json``'s content."""
     started, run_dir = time.perf_counter(), Path(run_dir)
-    check_config(cfg, run_dir)
+    run = FinetuneSettings.from_config(cfg)
+    check_run_dir(run, run_dir)
     pretrained = resolve_checkpoint(
         cfg["pretrained"], cfg.get("published_cache"), url=cfg.get("published_url", DRIVE_URL),
-        progress=bool(cfg["progress"]),
+        progress=run.progress,
     )  # fmt: skip
     state = load_backbone_state(pretrained) if pretrained else None
     dataset = DatasetFiles.from_config(cfg["dataset"])
     train, test = load_splits(dataset, str(cfg["data_dir"]))
     num_classes = max(a.label for a in train + test)
-    width = int(state["stem.conv.weight"].shape[0]) if state else int(cfg["model"]["width"])
+    width = int(state["stem.conv.weight"].shape[0]) if state else run.width
     logger.info(
         "%s: %d train / %d test videos, %d classes; backbone %s (width %d) on %s",
         dataset.name, len(train), len(test), num_classes, pretrained or "random",
         width, pick_device(),
     )  # fmt: skip
     source = dataset.frame_source()
-    test_set = test_clips(cfg, source, test)
+    test_set = test_clips(run, source, test)
     results: dict[str, Any] = {
         "checkpoint": str(Path(pretrained).resolve()) if pretrained else None,
         "dataset": dataset.name,
     }
     try:
-        if cfg["retrieval"]:
-            gallery = test_clips(cfg, source, train)
-            results |= run_retrieval(cfg, run_dir, state, width, test_set, gallery)
-        if int(cfg["epochs"]) > 0:
-            results |= finetune(cfg, run_dir, state, width, num_classes, dataset, train, test_set)
+        if run.retrieval:
+            gallery = test_clips(run, source, train)
+            results |= run_retrieval(run, run_dir, state, width, test_set, gallery)
+        if run.epochs > 0:
+            results |= finetune(run, run_dir, state, width, num_classes, dataset, train, test_set)
     except VideoReadError as err:
         raise DownstreamError(f"{err}; check the dataset in {dataset.root}") from None
     results |= {
-        "epochs": int(cfg["epochs"]), "seconds": time.perf_counter() - started, "config": cfg,
+        "epochs": run.epochs, "seconds": time.perf_counter() - started, "config": cfg,
     }  # fmt: skip
     write_bytes_atomic(json.dumps(results, indent=2).encode(), run_dir / "results.json")
     log_table(results, run_dir / "results.json")

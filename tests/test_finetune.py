@@ -148,6 +148,38 @@ def test_finetune_config_from_a_pre_training_config(tmp_path: Path) -> None:
         finetune_config(cfg, None)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([], None),
+        (["frame_stride=0"], "frame_stride must be at least 1, got 0"),
+        (["eval_batch_size=-2"], "eval_batch_size must be at least 1, got -2"),
+        (["epochs=-1"], "epochs must be 0 (retrieval only) or more, got -1"),
+    ],
+)
+def test_finetune_settings_are_typed_once_and_checked(
+    overrides: list[str], message: str | None
+) -> None:
+    from hydra import compose, initialize
+    from omegaconf import OmegaConf
+
+    from fedvssl.finetune import DownstreamError
+    from fedvssl.finetune_settings import FinetuneSettings
+
+    with initialize(config_path="../conf", version_base="1.3"):
+        cfg = compose(config_name="finetune", overrides=["optimizer.lr=0.5", *overrides])
+    plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    if message is not None:
+        with pytest.raises(DownstreamError) as refused:
+            FinetuneSettings.from_config(plain)
+        assert str(refused.value) == message
+        return
+    run = FinetuneSettings.from_config(plain)
+    assert run.recall_ks == (1, 5, 10, 20, 50) and run.optimisation.milestones == (60, 120)
+    assert (run.optimisation.lr, run.optimisation.weight_decay, run.dropout) == (0.5, 5e-4, 0.5)
+    assert (run.epochs, run.num_clips, run.frame_stride) == (150, 10, 2)
+
+
 def test_random_backbone_retrieval_only_in_process(
     synthetic_data_dir: Path, tmp_path: Path
 ) -> None:
