@@ -73,9 +73,15 @@ def pick_device(name: str | None) -> torch.device:
     """Return the device called ``name``, or CUDA when there is one and the CPU otherwise."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: this machine has no CUDA device; use --device cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"--device {name}: not a device name; use cpu, cuda or cuda:N") from None
+    count = torch.cuda.device_count()
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise SystemExit(
+            f"--device {name}: this machine has {count} CUDA device(s); use --device cpu"
+        )
     return device
 
 

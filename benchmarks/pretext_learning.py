@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks import grad_norm, machine_info, write_report
+from benchmarks import grad_norm, machine_info, pick_device, write_report
 from CtP.datasets import Annotation, ZipFrameSource, load_annotations
 from CtP.pretext import pretext_from_mapping
 from CtP.train import build_optimizer, make_loader, training_loss
@@ -144,17 +144,6 @@ def train_run(
     return records
 
 
-def check_device(name: str) -> None:
-    """Refuse, with one line, a device this machine does not have."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SystemExit(f"--device {name}: not a device name; use cpu, cuda or cuda:N") from None
-    count = torch.cuda.device_count() if device.type == "cuda" else 0
-    if device.type == "cuda" and (device.index or 0) >= count:
-        raise SystemExit(f"--device {name}: this machine has {count} GPU(s); use --device cpu")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -186,11 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="loader worker processes")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    check_device(args.device)
+    device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    report: dict[str, Any] = {"benchmark": "pretext_learning", "machine": machine_info(),
+    report: dict[str, Any] = {"benchmark": "pretext_learning", "machine": machine_info(device),
                               "steps": args.steps, "optimizer": args.optimizer,
                               "fixed_batch": args.fixed_batch, "classes": args.classes,
                               "device": args.device, "workers": args.workers,
@@ -201,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         windows = train_run(
             composed(overrides), args.dataset_root, args.steps, args.window, args.seed,
             optimizer_name=args.optimizer, fixed_batch=args.fixed_batch, classes=args.classes,
-            device=args.device, workers=args.workers,
+            device=str(device), workers=args.workers,
         )  # fmt: skip
         report["runs"].append({"overrides": overrides, "windows": windows})
         write_report(report, args.output)

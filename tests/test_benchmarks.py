@@ -295,16 +295,16 @@ def test_pretext_learning_classes_and_devices(synthetic_data_dir: Path, tmp_path
     assert report["device"] == "cpu" and report["workers"] == 1
     assert [w["step"] for w in report["runs"][0]["windows"]] == [2]
     root = str(synthetic_data_dir / "synthetic")
-    done = run(
-        "-m", "benchmarks.pretext_learning", "--dataset-root", root, "--steps", "2",
-        "--classes", "Zoom", "--runs", f"pretext=speed {TINY_PRETEXT}", check=False,
-    )  # fmt: skip
-    assert done.returncode != 0
-    assert done.stderr.strip().splitlines()[-1].startswith("--classes: no video of ['Zoom']")
-    assert "'ZoomIn'" in done.stderr
-    missing = run(
-        "-m", "benchmarks.pretext_learning", "--dataset-root", root, "--steps", "2",
-        "--device", "cuda:99", "--runs", f"pretext=speed {TINY_PRETEXT}", check=False,
-    )  # fmt: skip
-    assert missing.returncode != 0
-    assert missing.stderr.strip().splitlines()[-1].startswith("--device cuda:99: this machine has")
+
+    def refused(*args: str) -> str:
+        done = run(
+            "-m", "benchmarks.pretext_learning", "--dataset-root", root, "--steps", "2",
+            "--runs", f"pretext=speed {TINY_PRETEXT}", *args, check=False,
+        )  # fmt: skip
+        assert done.returncode != 0
+        return done.stderr.strip().splitlines()[-1]
+
+    unknown_class = refused("--classes", "Zoom")
+    assert unknown_class.startswith("--classes: no video of ['Zoom']")
+    assert "'ZoomIn'" in unknown_class
+    assert refused("--device", "cuda:99").startswith("--device cuda:99: this machine has")
