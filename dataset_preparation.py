@@ -45,6 +45,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     parser = _Parser(prog="dataset_preparation.py", description=DESCRIPTION)
@@ -68,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         help="multiplier of the synthetic videos per class (default: the scale already there, "
         "else 1.0: 20 train + 8 test)",
+    )
+    parser.add_argument(
+        "--synthetic-light-change",
+        type=_non_negative_float,
+        help="make the light of every synthetic scene change over its video: the largest change "
+        "of log-brightness, e.g. 0.3 (default: the value already there, else 0: constant light)",
     )
     parser.add_argument(
         "--no-check-certificate",
@@ -97,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             short_side=args.short_side,
             workers=args.workers,
             synthetic_scale=args.synthetic_scale,
+            synthetic_light_change=args.synthetic_light_change,
             split=args.split,
             verify_tls=not args.no_check_certificate,
             progress=not args.quiet,

@@ -20,7 +20,7 @@ import pytest
 from fedvssl.data.errors import DataError
 from fedvssl.data.frames import count_frames
 from fedvssl.data.preparation import dataset_is_prepared, prepare_dataset
-from fedvssl.data.synthetic import write_video
+from fedvssl.data.synthetic import recorded_setting, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 COLOUR = (200, 40, 90)  # RGB of the written frames, away from the moving bar
@@ -275,6 +275,19 @@ def test_cli_synthetic_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert _mtimes(root / "zips") == before and dataset_is_prepared(root, 3)
 
 
+def test_cli_synthetic_light_change_is_kept_until_asked_otherwise(tmp_path: Path) -> None:
+    cli = _load_script("dataset_preparation")
+    argv = ["--dataset", "synthetic", "--data-dir", str(tmp_path), "--synthetic-scale", "0.1"]
+    assert cli.main([*argv, "--synthetic-light-change", "0.3", "--quiet"]) == 0
+    root = tmp_path / "synthetic"
+    assert recorded_setting(root, "light_change") == 0.3
+    before = _mtimes(root / "zips")  # as when the pre-training prepares it: the light is kept
+    prepare_dataset("synthetic", tmp_path, num_clients=2, workers=1, progress=False)
+    assert _mtimes(root / "zips") == before and recorded_setting(root, "light_change") == 0.3
+    assert cli.main([*argv, "--synthetic-light-change", "0", "--quiet"]) == 0  # constant again
+    assert recorded_setting(root, "light_change") is None and _mtimes(root / "zips") != before
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
@@ -284,6 +297,7 @@ def test_cli_synthetic_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
         ("unknown_dataset", "invalid choice: 'kinetics'"),
         ("synthetic_raw", "do not apply to the synthetic dataset"),
         ("zero_clients", "must be a positive integer"),
+        ("negative_light", "--synthetic-light-change: must be 0 or more"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_status_2(
@@ -299,6 +313,7 @@ def test_cli_bad_input_is_one_line_and_status_2(
         "unknown_dataset": ["--dataset", "kinetics"],
         "synthetic_raw": ["--dataset", "synthetic", "--raw", str(ucf["raw"])],
         "zero_clients": ["--dataset", "synthetic", "--num-clients", "0"],
+        "negative_light": ["--dataset", "synthetic", "--synthetic-light-change", "-0.3"],
     }[case]
     assert cli.main([*argv, *data, "--quiet"]) == 2
     err = capsys.readouterr().err

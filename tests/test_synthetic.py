@@ -9,17 +9,35 @@ import numpy as np
 import pytest
 
 from fedvssl.data.frames import decode_frames
-from fedvssl.data.scenes import MOTIONS, render_video, sample_appearance, sample_track
+from fedvssl.data.scenes import (
+    MOTIONS,
+    change_light,
+    render_video,
+    sample_appearance,
+    sample_track,
+)
 from fedvssl.data.splits import read_ucf_split
-from fedvssl.data.synthetic import generate_synthetic_ucf, video_plan
+from fedvssl.data.synthetic import (
+    MANIFEST,
+    generate_synthetic_ucf,
+    recorded_setting,
+    video_plan,
+)
 
 SIZE = (128, 96)
 
 
-def _tiny(root: Path, scale: float = 0.1, seed: int = 0) -> bool:
+def _tiny(root: Path, scale: float = 0.1, seed: int = 0, light: float = 0.0) -> bool:
     """Three classes of 6-8 frames at 64x48."""
     return generate_synthetic_ucf(
-        root, scale=scale, seed=seed, num_classes=3, frames=(6, 8), size=(64, 48), workers=1
+        root,
+        scale=scale,
+        seed=seed,
+        num_classes=3,
+        frames=(6, 8),
+        size=(64, 48),
+        light_change=light,
+        workers=1,
     )
 
 
@@ -82,6 +100,33 @@ def test_changed_settings_rewrite_the_dataset(tmp_path: Path) -> None:
     _tiny(tmp_path)
     assert _tiny(tmp_path, scale=0.2) is True
     assert len(list((tmp_path / "UCF101_raw").iterdir())) == 3 * 6
+    assert "light_change" not in (tmp_path / MANIFEST).read_text()  # earlier datasets still match
+    constant = _all_files(tmp_path / "UCF101_raw")
+    assert _tiny(tmp_path, scale=0.2, light=0.3) is True
+    assert recorded_setting(tmp_path, "light_change") == 0.3
+    assert _tiny(tmp_path, scale=0.2, light=0.3) is False
+    changed = _all_files(tmp_path / "UCF101_raw")
+    assert changed.keys() == constant.keys() and all(changed[k] != constant[k] for k in changed)
+    with pytest.raises(ValueError, match="light_change must be at least 0"):
+        _tiny(tmp_path / "other", light=-0.1)
+
+
+@pytest.mark.parametrize("amount", [0.2, 0.6])
+def test_light_changes_steadily_by_the_drawn_amount(amount: float) -> None:
+    grey = np.full((12, 8, 8, 3), 100, np.uint8)  # mid-grey: no pixel clips
+    brightness = []
+    for seed in range(20):
+        lit = change_light(grey, np.random.default_rng(seed), amount)
+        means = lit.reshape(12, -1).mean(axis=1)  # [T]
+        steps = np.diff(means)
+        assert np.all(steps >= 0) or np.all(steps <= 0)  # brightens or darkens, never both
+        brightness.append(math.log(means[-1] / means[0]))
+    change = np.abs(brightness)
+    assert np.all(change > 0.95 * amount / 2) and np.all(change < 1.05 * amount)
+    assert min(brightness) < 0 < max(brightness)  # both ways occur
+    rng = np.random.default_rng(0)
+    assert change_light(grey, rng, 0.0) is grey
+    assert rng.random() == np.random.default_rng(0).random()  # amount 0 draws nothing
 
 
 # --- classes differ by motion, not by appearance ---

@@ -35,7 +35,7 @@ from fedvssl.data.frames import FrameJob, extract_frames
 from fedvssl.data.partitions import write_partitions
 from fedvssl.data.sources import hmdb51_parts, index_videos, materialise, ucf101_parts
 from fedvssl.data.splits import Split, SplitEntry, read_hmdb_split, read_ucf_split
-from fedvssl.data.synthetic import RAW_DIR, SPLITS_DIR, generate_synthetic_ucf, recorded_scale
+from fedvssl.data.synthetic import RAW_DIR, SPLITS_DIR, generate_synthetic_ucf, recorded_setting
 from fedvssl.data.workers import run_jobs
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ def _read_split(
     splits: Path | None,
     split: int,
     scale: float | None,
+    light: float | None,
     workers: int | None,
     progress: bool,
     verify_tls: bool,
@@ -169,9 +170,10 @@ def _read_split(
     if dataset == "synthetic":
         if raw is not None or splits is not None:
             raise DataError("--raw and --splits do not apply to the synthetic dataset")
-        scale = scale or recorded_scale(root) or 1.0
+        scale = scale or recorded_setting(root, "scale") or 1.0
+        light = (recorded_setting(root, "light_change") or 0.0) if light is None else light
         if generate_synthetic_ucf(
-            root, scale=scale, workers=workers, progress=progress
+            root, scale=scale, light_change=light, workers=workers, progress=progress
         ):  # new or changed videos: frames and lists of any earlier run are stale
             shutil.rmtree(root / ZIP_DIR, ignore_errors=True)
             shutil.rmtree(root / "annotations", ignore_errors=True)
@@ -215,6 +217,7 @@ def prepare_dataset(
     short_side: int | None = None,
     workers: int | None = None,
     synthetic_scale: float | None = None,
+    synthetic_light_change: float | None = None,
     split: int = 1,
     verify_tls: bool = True,
     progress: bool = True,
@@ -244,6 +247,9 @@ def prepare_dataset(
         Multiplier of the synthetic dataset's videos per class; ``None`` keeps the scale of a
         synthetic dataset already there (1.0 for a new one), so that asking for a new number
         of clients never rebuilds it.
+    synthetic_light_change : float | None
+        Largest change of each synthetic scene's log-brightness over its video (0: constant
+        light); ``None`` keeps that of a synthetic dataset already there (0 for a new one).
     split : int
         Official split to prepare (1 to 3); files are named ``*_split_{split}.json``.
     verify_tls : bool
@@ -276,6 +282,7 @@ def prepare_dataset(
         splits=splits,
         split=split,
         scale=synthetic_scale,
+        light=synthetic_light_change,
         workers=workers,
         progress=progress,
         verify_tls=verify_tls,

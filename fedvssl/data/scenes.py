@@ -4,7 +4,8 @@ A scene is a few textured objects on a muted, textured, static background. :func
 draws an object's shape, colours, texture, size and orientation (and the background, or takes the
 one given) without knowing the class; :func:`sample_track` draws the motion of one class
 (:data:`MOTIONS`) with random speed, path and speed profile; :func:`render_video` draws every frame
-of one object at once with numpy, on the background or on frames already drawn.
+of one object at once with numpy, on the background or on frames already drawn; :func:`change_light`
+brightens or darkens a whole video steadily over its frames (off in the default dataset).
 """
 
 from __future__ import annotations
@@ -289,3 +290,32 @@ def render_video(look: Appearance, track: Track, base: np.ndarray | None = None)
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def change_light(video: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+    """Brighten or darken a whole video steadily, as a scene whose light changes while it is filmed.
+
+    The log of every pixel's gain goes linearly from ``-c/2`` at the first frame to ``c/2`` at the
+    last, with ``|c|`` drawn uniformly from ``[amount/2, amount]`` and its sign at random: the
+    scene brightens or darkens by a factor between ``exp(amount/2)`` and ``exp(amount)`` from the
+    first frame to the last. ``amount`` 0 returns the video unchanged and draws nothing from ``rng``.
+
+    Parameters
+    ----------
+    video : numpy.ndarray
+        RGB uint8 frames [T, H, W, 3].
+    rng : numpy.random.Generator
+        Random stream of this video.
+    amount : float
+        The largest change of log-brightness over the video (0: constant light).
+
+    Returns
+    -------
+    numpy.ndarray
+        RGB uint8 frames [T, H, W, 3].
+    """
+    if amount == 0:
+        return video
+    change = rng.choice([-1.0, 1.0]) * rng.uniform(amount / 2, amount)
+    gain = np.exp(change * np.linspace(-0.5, 0.5, len(video), dtype=np.float32))  # [T]
+    return _to_uint8(video.astype(np.float32) / 255 * gain[:, None, None, None])

@@ -15,7 +15,9 @@ extracted official files::
 
 As in UCF-101 split 1, whole groups go to the test list (the first groups of each class) or to the
 train list. Every video has its own random stream, seeded by (seed, class, group, clip), so the
-dataset is reproducible byte for byte and a larger ``scale`` only adds videos.
+dataset is reproducible byte for byte and a larger ``scale`` only adds videos. ``light_change``
+(0 by default) makes the light of every scene change steadily over its video
+(:func:`fedvssl.data.scenes.change_light`): a cue to time that does not depend on the motion.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ import numpy as np
 
 from fedvssl.data.annotations import write_json_atomic
 from fedvssl.data.atomic import atomic_path, write_bytes_atomic
-from fedvssl.data.scenes import MOTIONS, render_video, sample_appearance, sample_track
+from fedvssl.data.scenes import (
+    MOTIONS,
+    change_light,
+    render_video,
+    sample_appearance,
+    sample_track,
+)
 from fedvssl.data.workers import run_jobs
 
 log = logging.getLogger(__name__)
@@ -125,7 +133,12 @@ def video_plan(num_classes: int = 10, scale: float = 1.0) -> list[VideoSpec]:
 
 
 def make_video(
-    spec: VideoSpec, *, seed: int, frames: tuple[int, int], size: tuple[int, int]
+    spec: VideoSpec,
+    *,
+    seed: int,
+    frames: tuple[int, int],
+    size: tuple[int, int],
+    light_change: float = 0.0,
 ) -> np.ndarray:
     """Render one planned video from its own random stream.
 
@@ -139,6 +152,9 @@ def make_video(
         Inclusive range of the frame count.
     size : tuple[int, int]
         Frame (width, height).
+    light_change : float
+        Largest change of the scene's log-brightness over the video (0: constant light, and
+        the same video as without it).
 
     Returns
     -------
@@ -153,7 +169,7 @@ def make_video(
         look = sample_appearance(rng, *size, background=look.background)
         track = sample_track(spec.motion, rng, num_frames, size, look.radius)
         video = render_video(look, track, base=video)
-    return video
+    return change_light(video, rng, light_change)
 
 
 @dataclass(frozen=True)
@@ -166,6 +182,7 @@ class SyntheticJob:
     frames: tuple[int, int]
     size: tuple[int, int]
     fps: int
+    light_change: float = 0.0
 
 
 def write_synthetic_video(job: SyntheticJob) -> Path:
@@ -181,7 +198,9 @@ def write_synthetic_video(job: SyntheticJob) -> Path:
     Path
         The written ``.avi`` file.
     """
-    video = make_video(job.spec, seed=job.seed, frames=job.frames, size=job.size)
+    video = make_video(
+        job.spec, seed=job.seed, frames=job.frames, size=job.size, light_change=job.light_change
+    )
     return write_video(job.path, video, job.fps)
 
 
@@ -198,10 +217,11 @@ def _write_lists(plan: list[VideoSpec], splits_dir: Path, num_classes: int) -> N
         write_bytes_atomic("".join(row + "\r\n" for row in rows).encode("ascii"), splits_dir / name)
 
 
-def recorded_scale(root: Path) -> float | None:
-    """Return the ``scale`` the synthetic dataset in ``root`` was made with, if there is one."""
+def recorded_setting(root: Path, key: str) -> float | None:
+    """Return the setting ``key`` (``scale``, ``light_change``) the synthetic dataset in ``root``
+    was made with; ``None`` when there is no dataset, or it was made without that setting."""
     try:
-        return float(json.loads((root / MANIFEST).read_text())["scale"])
+        return float(json.loads((root / MANIFEST).read_text())[key])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -215,6 +235,7 @@ def generate_synthetic_ucf(
     frames: tuple[int, int] = (40, 48),
     size: tuple[int, int] = (128, 96),
     fps: int = 25,
+    light_change: float = 0.0,
     workers: int | None = None,
     progress: bool = False,
 ) -> bool:
@@ -236,6 +257,8 @@ def generate_synthetic_ucf(
         Frame (width, height), both even.
     fps : int
         Frame rate.
+    light_change : float
+        Largest change of each scene's log-brightness over its video (0: constant light).
     workers : int | None
         Worker processes (default: min(4, CPUs)).
     progress : bool
@@ -255,7 +278,7 @@ def generate_synthetic_ucf(
         "frames": list(frames),
         "size": list(size),
         "fps": fps,
-    }
+    } | ({"light_change": light_change} if light_change else {})  # datasets made before it match
     manifest = root / MANIFEST
     if manifest.is_file():
         if json.loads(manifest.read_text()) == settings:
@@ -264,12 +287,14 @@ def generate_synthetic_ucf(
         manifest.unlink()
         for folder in (RAW_DIR, SPLITS_DIR):
             shutil.rmtree(root / folder, ignore_errors=True)
+    if light_change < 0:
+        raise ValueError(f"light_change must be at least 0, got {light_change}")
     if size[0] % 2 or size[1] % 2:
         raise ValueError(f"frame width and height must be even, got {size}")
     plan = video_plan(num_classes, scale)
     log.info("writing %d synthetic videos into %s", len(plan), root / RAW_DIR)
     jobs = [  # an interrupted run resumes: every video is deterministic and written atomically
-        SyntheticJob(spec, root / RAW_DIR / spec.file_name, seed, frames, size, fps)
+        SyntheticJob(spec, root / RAW_DIR / spec.file_name, seed, frames, size, fps, light_change)
         for spec in plan
         if not (root / RAW_DIR / spec.file_name).is_file()
     ]
