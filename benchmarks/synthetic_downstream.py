@@ -9,6 +9,9 @@ their mean and standard deviation.
 
     python -m benchmarks.synthetic_downstream --seeds 7 8 9 \\
         --output benchmarks/results/cpu/synthetic_downstream.json
+
+``--data-dir`` points both the pre-training and the fine-tuning at another prepared synthetic set
+(e.g. one made with ``dataset_preparation.py --synthetic-light-change``).
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ def pretrain(seed: int, work: Path, overrides: list[str]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def finetune_both(seed: int, work: Path, checkpoint: str) -> dict[str, dict[str, float]]:
+def finetune_both(
+    seed: int, work: Path, checkpoint: str, overrides: list[str]
+) -> dict[str, dict[str, float]]:
     """Fine-tune from ``checkpoint`` and from a random backbone, side by side."""
     jobs = {"pretrained": checkpoint, "random": "null"}
     running = []
@@ -66,7 +71,7 @@ def finetune_both(seed: int, work: Path, checkpoint: str) -> dict[str, dict[str,
         run_dir = work / f"finetune_{name}_seed{seed}"
         if not (run_dir / "results.json").is_file():
             args = ["-m", "fedvssl.finetune", f"pretrained={pretrained}", f"seed={seed}",
-                    f"hydra.run.dir={run_dir}", *FINETUNE]  # fmt: skip
+                    f"hydra.run.dir={run_dir}", *FINETUNE, *overrides]  # fmt: skip
             running.append(_run(args, threads=1))
     _wait(*running)
     results = {}
@@ -90,19 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
     parser.add_argument("--work-dir", type=Path, default=Path("outputs/synthetic_downstream"))
     parser.add_argument("--pretrain", nargs="*", default=[], help="overrides of fedvssl.main")
+    parser.add_argument("--data-dir", help="data_dir of both steps (default: the configs' data)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
+    data = [f"data_dir={args.data_dir}"] if args.data_dir else []
 
     report: dict[str, Any] = {
         "benchmark": "synthetic_downstream", "machine": machine_info(),
-        "pretrain_overrides": args.pretrain, "finetune_overrides": FINETUNE, "seeds": [],
+        "pretrain_overrides": [*args.pretrain, *data], "finetune_overrides": [*FINETUNE, *data],
+        "seeds": [],
     }  # fmt: skip
     for seed in args.seeds:
         row: dict[str, Any] = {
             "seed": seed,
-            "pretraining": pretrain(seed, args.work_dir, args.pretrain),
+            "pretraining": pretrain(seed, args.work_dir, [*args.pretrain, *data]),
         }
-        row |= finetune_both(seed, args.work_dir, row["pretraining"]["checkpoint"])
+        row |= finetune_both(seed, args.work_dir, row["pretraining"]["checkpoint"], data)
         report["seeds"].append(row)
         report["summary"] = summary(report["seeds"])
         write_report(report, args.output)

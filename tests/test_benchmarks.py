@@ -308,3 +308,37 @@ def test_pretext_learning_classes_and_devices(synthetic_data_dir: Path, tmp_path
     assert unknown_class.startswith("--classes: no video of ['Zoom']")
     assert "'ZoomIn'" in unknown_class
     assert refused("--device", "cuda:99").startswith("--device cuda:99: this machine has")
+
+
+def test_synthetic_downstream_sends_data_dir_to_both_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import synthetic_downstream as sd
+
+    commands: list[list[str]] = []
+
+    class Done:
+        """A finished step that wrote what the real one writes."""
+
+        def __init__(self, args: list[str], threads: int | None = None) -> None:
+            commands.append(args)
+            run_dir = Path(next(a for a in args if a.startswith("hydra.run.dir=")).split("=")[1])
+            run_dir.mkdir(parents=True)
+            if args[1] == "fedvssl.main":
+                rounds = [{"round": 15, "train_loss": 0.9, "trivial_loss": 1.8}]
+                (run_dir / "metrics.json").write_text(json.dumps({"rounds": rounds}))
+            else:
+                (run_dir / "results.json").write_text(json.dumps(dict.fromkeys(sd.METRICS, 1.0)))
+            self.args = args
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(sd, "_run", Done)
+    argv = ["--seeds", "7", "--work-dir", str(tmp_path), "--pretrain", "pretext=vcop"]
+    assert sd.main([*argv, "--data-dir", "data/light"]) == 0
+    main, *tunes = commands
+    assert main[1] == "fedvssl.main" and main[-2:] == ["pretext=vcop", "data_dir=data/light"]
+    assert [t[-1] for t in tunes] == ["data_dir=data/light"] * 2  # pre-trained and random
+    assert any("round-15-weights" in a for a in tunes[0])
