@@ -180,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     report: dict[str, Any] = {"benchmark": "pretext_learning", "machine": machine_info(device),
-                              "steps": args.steps, "optimizer": args.optimizer,
+                              "dataset_root": str(args.dataset_root), "seed": args.seed,
+                              "steps": args.steps, "window": args.window,
+                              "optimizer": args.optimizer,
                               "fixed_batch": args.fixed_batch, "classes": args.classes,
                               "device": args.device, "workers": args.workers,
                               "runs": []}  # fmt: skip

@@ -242,6 +242,9 @@ def test_pretext_learning_report(synthetic_data_dir: Path, tmp_path: Path) -> No
         "--runs", f"pretext=speed {TINY_PRETEXT}", f"pretext=vcop optimizer.lr=0.01 {TINY_PRETEXT}",
     )  # fmt: skip
     runs = report["runs"]
+    assert (report["dataset_root"], report["seed"], report["window"]) == (
+        str(synthetic_data_dir / "synthetic"), 0, 2,
+    )  # fmt: skip
     assert [r["overrides"][0] for r in runs] == ["pretext=speed", "pretext=vcop"]
     assert runs[1]["overrides"][1] == "optimizer.lr=0.01"
     for entry in runs:
