@@ -10,8 +10,9 @@ device (:func:`decode_clips`) and carries the plans out as batched tensor operat
 
 Both paths carry out the same plans, so they draw from the same distribution by construction;
 every operation here reproduces its OpenCV counterpart (bilinear resizes with half-pixel centres
-and rounding to uint8, the truncating alpha blend, OpenCV's 8-bit HSV conversion) up to the
-fixed-point rounding of OpenCV's resize, which moves a pixel by at most one level.
+and rounding to uint8, the truncating alpha blend, OpenCV's 8-bit RGB -> HSV conversion and the
+rounded HSV -> RGB of :func:`CtP.transforms.hsv_to_rgb_8bit`) up to the fixed-point rounding of
+OpenCV's resize, which moves a pixel by at most one level.
 tests/test_device_augmentation.py compares the two on CPU tensors.
 """
 

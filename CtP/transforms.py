@@ -109,7 +109,8 @@ def adjust_hue_saturation(
 
     The clip is rounded to uint8 and converted to HSV; the hue gets ``hue_shift`` added and the
     saturation is multiplied by ``saturation_factor``, both rounded and clipped (hue to 0..179),
-    and the clip is converted back, as the reference's ``RandomHueSaturation`` (§3.2 step 5).
+    and the clip is converted back, as the reference's ``RandomHueSaturation`` (§3.2 step 5):
+    there with OpenCV 4's rounding (:func:`hsv_to_rgb_8bit`), whatever OpenCV is installed.
     Both channel changes are per-value lookup tables, so the whole clip costs two colour
     conversions and one table lookup.
 
@@ -142,7 +143,43 @@ def adjust_hue_saturation(
         axis=-1,
     ).astype(np.uint8)  # [256, 3]
     hsv = cv2.LUT(hsv, table.reshape(256, 1, 3))
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).reshape(num_frames, height, width, 3)
+    return hsv_to_rgb_8bit(hsv).reshape(num_frames, height, width, 3)
+
+
+HUE_SECTORS = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
+"""Per hue sector, (r, g, b) as indices into (v, p, q, t) of :func:`hsv_to_rgb_8bit`."""
+
+
+def hsv_to_rgb_8bit(hsv: np.ndarray) -> np.ndarray:
+    """8-bit HSV (hue 0..179) -> RGB, OpenCV's formula in float32, rounded to the nearest level.
+
+    OpenCV 4 (the original's) rounds the result; some later OpenCV builds truncate it, which
+    darkens every colour-changed clip by about a third of a level on average. Converting here
+    keeps the clips the same whatever OpenCV is installed, and equal to the device path's
+    (:func:`CtP.device_augmentation.hsv_to_rgb`, the same float32 operations in torch).
+
+    Parameters
+    ----------
+    hsv
+        ``[..., 3]`` uint8 HSV, hue in OpenCV's half degrees (0..179).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[..., 3]`` uint8 RGB.
+    """
+    h = hsv[..., 0].astype(np.float32) * np.float32(6.0 / 180)  # [...] sector units, 0..6
+    s = hsv[..., 1].astype(np.float32) / np.float32(255.0)
+    v = hsv[..., 2].astype(np.float32) / np.float32(255.0)
+    h = np.where(h >= 6, h - np.float32(6), h)
+    sector = np.floor(h)
+    f = h - sector
+    one = np.float32(1)
+    table = np.stack([v, v * (one - s), v * (one - s * f), v * (one - s * (one - f))], axis=-1)
+    index = HUE_SECTORS[sector.astype(np.int64).clip(0, 5)]  # [..., 3]
+    rgb = np.take_along_axis(table, index, axis=-1)  # [..., 3]
+    rgb = np.where((s == 0)[..., None], v[..., None], rgb)
+    return np.clip(np.round(rgb * np.float32(255)), 0, 255).astype(np.uint8)
 
 
 def add_clipped(frames: np.ndarray, offset: np.ndarray | float) -> np.ndarray:

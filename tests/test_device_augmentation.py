@@ -24,7 +24,7 @@ from CtP.device_augmentation import (
     rgb_to_hsv,
 )
 from CtP.patches import PatchMaskParams
-from CtP.transforms import IMAGENET_STD, normalize_clip
+from CtP.transforms import IMAGENET_STD, hsv_to_rgb_8bit, normalize_clip
 from CtP.vcop import VCOPRecipe
 from fedvssl.client_app import train_locally
 from fedvssl.client_data import augments_on_device, round_loader
@@ -85,8 +85,17 @@ def test_hsv_round_trip_is_opencvs() -> None:
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
     ours = rgb_to_hsv(torch.from_numpy(rgb).permute(2, 0, 1))
     assert np.array_equal(ours.permute(1, 2, 0).numpy(), hsv)
-    back = hsv_to_rgb(torch.from_numpy(hsv).permute(2, 0, 1).float())
-    assert np.array_equal(back.permute(1, 2, 0).numpy(), cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB))
+    # back: the CPU path's conversion and the device path's are the same rounded formula...
+    every = np.stack(np.meshgrid(np.arange(180), np.arange(256), [0, 1, 97, 200, 255]), -1)
+    every = every.reshape(-1, 1, 3).astype(np.uint8)  # [N, 1, 3]: every hue and saturation
+    for table in (hsv, every):
+        cpu = hsv_to_rgb_8bit(table)
+        device = hsv_to_rgb(torch.from_numpy(table).permute(2, 0, 1).float())
+        assert np.array_equal(device.permute(1, 2, 0).numpy(), cpu)
+        # ...which is OpenCV's to within a level (OpenCV 4 rounds it; some later builds truncate)
+        opencv = cv2.cvtColor(table, cv2.COLOR_HSV2RGB).astype(int)
+        assert np.abs(cpu.astype(int) - opencv).max() <= 1
+    assert np.array_equal(hsv_to_rgb_8bit(hsv[:5]), rgb[:5])  # greys come back exactly
 
 
 def test_decode_clips_reads_the_frames_opencv_reads() -> None:
