@@ -146,8 +146,25 @@ def adjust_hue_saturation(
     return hsv_to_rgb_8bit(hsv).reshape(num_frames, height, width, 3)
 
 
-HUE_SECTORS = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
-"""Per hue sector, (r, g, b) as indices into (v, p, q, t) of :func:`hsv_to_rgb_8bit`."""
+def _hsv_factors() -> np.ndarray:
+    """``[180, 256, 3]`` float32: what each of r, g, b is of v, per 8-bit hue and saturation.
+
+    OpenCV's formula: with the hue in sectors ``h`` (0..6) and ``f`` its fraction, a channel is
+    one of v, ``v(1 - s)``, ``v(1 - sf)`` or ``v(1 - s(1 - f))``, chosen by the sector; the
+    factors depend on hue and saturation only, so they are tabled once.
+    """
+    hue, sat = np.meshgrid(np.arange(180), np.arange(256), indexing="ij")  # [180, 256]
+    h = hue.astype(np.float32) * np.float32(6.0 / 180)
+    s = sat.astype(np.float32) / np.float32(255.0)
+    sector = np.floor(h)
+    f = h - sector
+    one = np.float32(1)
+    table = np.stack([np.ones_like(s), one - s, one - s * f, one - s * (one - f)], axis=-1)
+    sectors = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
+    return np.take_along_axis(table, sectors[sector.astype(np.int64)], axis=-1)  # (r, g, b)
+
+
+HSV_FACTORS = _hsv_factors()
 
 
 def hsv_to_rgb_8bit(hsv: np.ndarray) -> np.ndarray:
@@ -168,17 +185,8 @@ def hsv_to_rgb_8bit(hsv: np.ndarray) -> np.ndarray:
     numpy.ndarray
         ``[..., 3]`` uint8 RGB.
     """
-    h = hsv[..., 0].astype(np.float32) * np.float32(6.0 / 180)  # [...] sector units, 0..6
-    s = hsv[..., 1].astype(np.float32) / np.float32(255.0)
-    v = hsv[..., 2].astype(np.float32) / np.float32(255.0)
-    h = np.where(h >= 6, h - np.float32(6), h)
-    sector = np.floor(h)
-    f = h - sector
-    one = np.float32(1)
-    table = np.stack([v, v * (one - s), v * (one - s * f), v * (one - s * (one - f))], axis=-1)
-    index = HUE_SECTORS[sector.astype(np.int64).clip(0, 5)]  # [..., 3]
-    rgb = np.take_along_axis(table, index, axis=-1)  # [..., 3]
-    rgb = np.where((s == 0)[..., None], v[..., None], rgb)
+    v = hsv[..., 2:].astype(np.float32) / np.float32(255.0)  # [..., 1]
+    rgb = v * HSV_FACTORS[hsv[..., 0], hsv[..., 1]]  # [..., 3]
     return np.clip(np.round(rgb * np.float32(255)), 0, 255).astype(np.uint8)
 
 
