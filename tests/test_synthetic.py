@@ -107,8 +107,10 @@ def test_changed_settings_rewrite_the_dataset(tmp_path: Path) -> None:
     assert _tiny(tmp_path, scale=0.2, light=0.3) is False
     changed = _all_files(tmp_path / "UCF101_raw")
     assert changed.keys() == constant.keys() and all(changed[k] != constant[k] for k in changed)
-    with pytest.raises(ValueError, match="light_change must be at least 0"):
-        _tiny(tmp_path / "other", light=-0.1)
+    for bad, message in ((-0.1, "light_change must be at least 0"), (0.0, "scale must be")):
+        with pytest.raises(ValueError, match=message):  # refused, and nothing there is lost
+            _tiny(tmp_path, scale=0.2 if bad else -1.0, light=bad)
+        assert _all_files(tmp_path / "UCF101_raw") == changed
 
 
 @pytest.mark.parametrize("amount", [0.2, 0.6])

@@ -279,6 +279,11 @@ def generate_synthetic_ucf(
         "size": list(size),
         "fps": fps,
     } | ({"light_change": light_change} if light_change else {})  # datasets made before it match
+    if light_change < 0:  # bad settings are refused before a dataset already there is touched
+        raise ValueError(f"light_change must be at least 0, got {light_change}")
+    if size[0] % 2 or size[1] % 2:
+        raise ValueError(f"frame width and height must be even, got {size}")
+    plan = video_plan(num_classes, scale)
     manifest = root / MANIFEST
     if manifest.is_file():
         if json.loads(manifest.read_text()) == settings:
@@ -287,11 +292,6 @@ def generate_synthetic_ucf(
         manifest.unlink()
         for folder in (RAW_DIR, SPLITS_DIR):
             shutil.rmtree(root / folder, ignore_errors=True)
-    if light_change < 0:
-        raise ValueError(f"light_change must be at least 0, got {light_change}")
-    if size[0] % 2 or size[1] % 2:
-        raise ValueError(f"frame width and height must be even, got {size}")
-    plan = video_plan(num_classes, scale)
     log.info("writing %d synthetic videos into %s", len(plan), root / RAW_DIR)
     jobs = [  # an interrupted run resumes: every video is deterministic and written atomically
         SyntheticJob(spec, root / RAW_DIR / spec.file_name, seed, frames, size, fps, light_change)
