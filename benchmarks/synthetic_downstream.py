@@ -99,16 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     data = [f"data_dir={args.data_dir}"] if args.data_dir else []
+    pretraining = [*args.pretrain, *data]
 
     report: dict[str, Any] = {
         "benchmark": "synthetic_downstream", "machine": machine_info(),
-        "pretrain_overrides": [*args.pretrain, *data], "finetune_overrides": [*FINETUNE, *data],
-        "seeds": [],
+        "pretrain_overrides": pretraining, "finetune_overrides": [*FINETUNE, *data], "seeds": [],
     }  # fmt: skip
     for seed in args.seeds:
         row: dict[str, Any] = {
             "seed": seed,
-            "pretraining": pretrain(seed, args.work_dir, [*args.pretrain, *data]),
+            "pretraining": pretrain(seed, args.work_dir, pretraining),
         }
         row |= finetune_both(seed, args.work_dir, row["pretraining"]["checkpoint"], data)
         report["seeds"].append(row)
