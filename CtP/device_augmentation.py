@@ -33,7 +33,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from CtP.ctp_augmentation import ClipPlan, CtPAugmentation
 from CtP.datasets import CtPDataset, VideoReadError, ZipFrameSource
 from CtP.patches import PatchPlan
-from CtP.transforms import IMAGENET_MEAN, IMAGENET_STD
+from CtP.transforms import HSV_FACTORS, IMAGENET_MEAN, IMAGENET_STD
 
 HSV_SHIFT = 12  # OpenCV's fixed-point shift of its 8-bit RGB -> HSV tables
 HUE_RANGE = 180  # OpenCV's 8-bit hue: 0..179, half degrees
@@ -215,21 +215,14 @@ def rgb_to_hsv(rgb: Tensor) -> Tensor:
 
 
 def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """OpenCV's 8-bit HSV (hue 0..179) -> RGB on ``[..., 3, H, W]``, rounded to ``0..255``."""
+    """8-bit HSV (hue 0..179) -> RGB on ``[..., 3, H, W]``, rounded to ``0..255``.
+
+    The CPU path's :func:`CtP.transforms.hsv_to_rgb_8bit`, from the same table of factors of v.
+    """
     h, s, v = hsv.unbind(-3)
-    h, s, v = h * (6.0 / HUE_RANGE), s / 255.0, v / 255.0
-    h = torch.where(h >= 6, h - 6, h)
-    sector = h.floor()
-    f = h - sector
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = torch.stack([v, p, q, t], dim=-1)  # [..., H, W, 4]: the values a channel takes
-    # per sector, (r, g, b) as indices into (v, p, q, t)
-    pick = torch.tensor([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]],
-                        device=hsv.device)  # fmt: skip
-    index = pick[sector.long().clamp(0, 5)]  # [..., H, W, 3]
-    rgb = torch.gather(table, -1, index).movedim(-1, -3)  # [..., 3, H, W]
-    rgb = torch.where((s == 0)[..., None, :, :], v[..., None, :, :], rgb)
-    return (rgb * 255).round().clamp(0, 255)
+    factors = torch.as_tensor(HSV_FACTORS, device=hsv.device)  # [180, 256, 3]
+    rgb = (v / 255.0)[..., None] * factors[h.long(), s.long()]  # [..., H, W, 3]
+    return (rgb * 255).round().clamp(0, 255).movedim(-1, -3)
 
 
 def adjust_hue_saturation(clips: Tensor, hue_sat: Tensor, applied: Tensor) -> Tensor:

@@ -173,7 +173,7 @@ def hsv_to_rgb_8bit(hsv: np.ndarray) -> np.ndarray:
     OpenCV 4 (the original's) rounds the result; some later OpenCV builds truncate it, which
     darkens every colour-changed clip by about a third of a level on average. Converting here
     keeps the clips the same whatever OpenCV is installed, and equal to the device path's
-    (:func:`CtP.device_augmentation.hsv_to_rgb`, the same float32 operations in torch).
+    (:func:`CtP.device_augmentation.hsv_to_rgb`, the same table and float32 products in torch).
 
     Parameters
     ----------
