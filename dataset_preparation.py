@@ -5,8 +5,11 @@ Examples
 ``python dataset_preparation.py --dataset synthetic --data-dir data``
 ``python dataset_preparation.py --dataset ucf101 --data-dir data --num-clients 5``
 ``python dataset_preparation.py --dataset hmdb51 --data-dir data --raw hmdb51_org.rar``
+``python dataset_preparation.py --dataset k400 --raw K400_DIR --data-dir data --workers 16``
+``python dataset_preparation.py --dataset videos --raw DIR --data-dir data --partition-by folder``
 
-Writes ``<data-dir>/<dataset>/zips/``, ``annotations/{train,test}_split_1.json`` and
+Writes ``<data-dir>/<dataset>/zips/``, the annotation lists (``{train,test}_split_1.json``;
+Kinetics-400: ``train.json``, ``val.json``; a folder of videos: ``train.json``) and
 ``annotations/client_distribution/client_dist{N}.json``; see ``fedvssl/data/preparation.py``.
 """
 
@@ -19,7 +22,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from fedvssl.data.errors import DataError
+from fedvssl.data.kinetics import SCHEMES
+from fedvssl.data.own_videos import PARTITION_BY
 from fedvssl.data.preparation import DATASETS, prepare_dataset
+
+# Frames of Kinetics-400 and of one's own videos are stored at this short side unless asked
+# otherwise: the largest short side CtP's pre-training scales a clip to (112, 128 or 144,
+# reference §3.2), so no stored frame is scaled up, at a fraction of the native size's disk.
+LARGE_SHORT_SIDE = 144
 
 DESCRIPTION = "Prepare a video dataset for FedVSSL: frames, annotations and client partitions."
 
@@ -61,13 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--raw", type=Path, help="local videos: a folder (flat or class folders) or the .rar"
     )
     parser.add_argument("--splits", type=Path, help="local split lists: a folder or the archive")
-    parser.add_argument("--num-clients", type=_positive_int, default=5, help="default: 5")
+    parser.add_argument(
+        "--num-clients",
+        type=_positive_int,
+        help="client partitions (default: 5; k400: 100; videos --partition-by folder: one per "
+        "top-level folder)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="partition shuffle seed (default: 7)")
     parser.add_argument("--split", type=int, choices=(1, 2, 3), default=1, help="default: 1")
     parser.add_argument(
         "--short-side",
         type=_positive_int,
-        help="resize frames to this short side (default: native)",
+        help="resize frames to this short side (default: native; k400 and videos: "
+        f"{LARGE_SHORT_SIDE}, the largest scale of CtP's pre-training)",
     )
     parser.add_argument("--workers", type=_positive_int, help="processes (default: min(4, CPUs))")
     parser.add_argument(
@@ -87,6 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="download without checking the server's TLS certificate",
     )
+    parser.add_argument(
+        "--annotations", type=Path, help="k400: the folder of its CSVs (default: RAW/annotations)"
+    )
+    parser.add_argument(
+        "--scheme", choices=SCHEMES, default="noniid", help="k400 partitions (default: noniid)"
+    )
+    parser.add_argument(
+        "--partitions",
+        type=Path,
+        help="k400: adopt the published client_dist{N}.json files of this folder",
+    )
+    parser.add_argument(
+        "--alpha", type=_positive_float, default=0.5, help="k400 --scheme dirichlet (default: 0.5)"
+    )
+    parser.add_argument(
+        "--partition-by",
+        choices=PARTITION_BY,
+        help="videos: one client per top-level folder (default: IID clients)",
+    )
+    parser.add_argument(
+        "--no-disk-check",
+        action="store_true",
+        help="k400 and videos: start even when the projected frames exceed the free disk",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -99,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # --help (0) or a bad option (2, message already printed)
         return stop.code if isinstance(stop.code, int) else 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    short_side = args.short_side
+    if short_side is None and args.dataset in ("k400", "videos"):
+        short_side = LARGE_SHORT_SIDE
     try:
         report = prepare_dataset(
             args.dataset,
@@ -107,13 +150,19 @@ def main(argv: list[str] | None = None) -> int:
             splits=args.splits,
             num_clients=args.num_clients,
             seed=args.seed,
-            short_side=args.short_side,
+            short_side=short_side,
             workers=args.workers,
             synthetic_scale=args.synthetic_scale,
             synthetic_light_change=args.synthetic_light_change,
             split=args.split,
             verify_tls=not args.no_check_certificate,
             progress=not args.quiet,
+            annotations=args.annotations,
+            scheme=args.scheme,
+            partitions=args.partitions,
+            alpha=args.alpha,
+            partition_by=args.partition_by,
+            disk_check=not args.no_disk_check,
         )
     except DataError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)

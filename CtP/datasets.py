@@ -27,7 +27,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -157,18 +157,44 @@ class VideoFileSource:
         return self.root / self.template.format(name=name, video=video, cls=cls)
 
     def read_clip(self, name: str, choose: IndexChooser) -> Frames:
-        """Decode the video once, sequentially, and keep the chosen frames."""
+        """Decode the video sequentially up to the last chosen frame; keep the chosen ones.
+
+        The number of frames comes from the container's index when it has one (MP4, AVI), so
+        decoding stops at the last frame the clip needs and only the chosen frames are
+        converted to RGB; otherwise (WebM, MKV), or when the index overstates the frames, the
+        whole video is decoded first. The file is opened by Python, so any character in its
+        name is safe.
+        """
         import av  # PyAV is needed by this source only: frame zips are read without it
 
         path = self.path_of(name)
         try:
-            with av.open(str(path)) as container:
-                decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        except (OSError, av.FFmpegError, ValueError) as err:
+            with path.open("rb") as f, av.open(f, "r") as container:
+                indexed = container.streams.video[0].frames
+                clip = _decode_chosen(container, choose(indexed)) if indexed > 0 else None
+            if clip is None:
+                with path.open("rb") as f, av.open(f, "r") as container:
+                    decoded = [
+                        frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)
+                    ]
+                if not decoded:
+                    raise VideoReadError(f"{path} holds no frames")
+                clip = np.stack([decoded[i] for i in choose(len(decoded))])
+        except (OSError, av.FFmpegError, ValueError, IndexError) as err:
             raise VideoReadError(f"{path}: {err}") from err
-        if not decoded:
-            raise VideoReadError(f"{path} holds no frames")
-        return np.stack([decoded[i] for i in choose(len(decoded))])
+        return clip
+
+
+def _decode_chosen(container: Any, wanted: np.ndarray) -> Frames | None:
+    """Decode up to the last of the ``wanted`` frame indices; None when the video is shorter."""
+    needed, kept = set(wanted.tolist()), {}
+    last = max(needed)
+    for index, frame in enumerate(container.decode(video=0)):
+        if index in needed:
+            kept[index] = frame.to_ndarray(format="rgb24")
+        if index == last:
+            return np.stack([kept[i] for i in wanted.tolist()])  # [T, H, W, 3]
+    return None
 
 
 def open_frame_source(

@@ -28,7 +28,8 @@ import cv2
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
+
+from CtP.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def train_one_epoch(
     totals: dict[str, float] = {}
     result = EpochResult(loss=math.nan)
     started = time.perf_counter()
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not progress, leave=False)
+    bar = progress_bar(total=len(loader), desc=f"epoch {epoch}", enabled=progress, leave=False)
     for iteration, (batch, data_time) in enumerate(_timed(loader), start=1):
         step_start = time.perf_counter()
         result.skipped += int(batch.pop("skipped").sum()) if "skipped" in batch else 0
@@ -279,7 +280,7 @@ def predict_videos(
         mask ``[N]``, in dataset order.
     """
     outputs, labels, valid = [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc=desc, enabled=progress, leave=False):
         imgs = batch["imgs"]  # [B, K, 3, T, S, S]
         b, k = imgs.shape[:2]
         clips = _to_device({"imgs": imgs.flatten(0, 1)}, device, channels_last)["imgs"]

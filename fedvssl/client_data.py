@@ -25,11 +25,19 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from CtP.datasets import SkippingDataset, load_annotations, open_frame_source
+from CtP.datasets import (
+    Annotation,
+    FrameSource,
+    SkippingDataset,
+    VideoFileSource,
+    load_annotations,
+    open_frame_source,
+)
 from CtP.device_augmentation import PlannedClips, collate_planned
 from CtP.pretext import Pretext
 from CtP.recipe import CtPRecipe
 from CtP.train import make_loader
+from fedvssl.data.own_videos import video_file_names
 from fedvssl.settings import check_augment
 
 Key = tuple[int, int, int]  # (partition, epoch, position in the partition)
@@ -63,6 +71,7 @@ class ClientSettings:
     num_threads: int  # torch threads of a CPU client (its Ray num_cpus)
     pretext: Pretext = field(default_factory=CtPRecipe)  # conf/pretext/ (and conf/ctp/ for CtP)
     annotations: str | None = None  # a node's own annotation list, instead of its partition file
+    videos: str | None = None  # a node's own folder of video files, read in place (no lists)
     augment: str = "cpu"  # where CtP clips are decoded and augmented: auto, cpu or device
     compile: bool = False  # torch.compile the model
 
@@ -89,6 +98,21 @@ def build_dataset(
     settings: ClientSettings, partition_id: int, on_device: bool = False
 ) -> SkippingDataset:
     """Build a client's pretext dataset over its partition (planned clips for the device path)."""
+    items, source = _videos_of(settings, partition_id)
+    seed = settings.seed * 1000 + partition_id
+    if on_device and isinstance(settings.pretext, CtPRecipe):
+        augmentation = settings.pretext.augmentation(settings.crop_size)
+        return PlannedClips(items, source, augmentation, clip_len=settings.clip_len, seed=seed)
+    return settings.pretext.dataset(
+        items, source, clip_len=settings.clip_len, crop_size=settings.crop_size, seed=seed
+    )
+
+
+def _videos_of(settings: ClientSettings, partition_id: int) -> tuple[list[Annotation], FrameSource]:
+    """Return a client's videos and their frame source: its partition, or its own folder."""
+    if settings.videos:  # every video file of the node's folder, decoded in place
+        names = video_file_names(Path(settings.videos))
+        return [Annotation(name, 1) for name in names], VideoFileSource(settings.videos, "{name}")
     annotations = settings.partition_file(partition_id)
     if not annotations.is_file():
         raise FileNotFoundError(
@@ -100,13 +124,7 @@ def build_dataset(
         settings.frames, settings.dataset_root,
         zip_template=settings.zip_template, video_template=settings.video_template,
     )  # fmt: skip
-    items, seed = load_annotations(annotations), settings.seed * 1000 + partition_id
-    if on_device and isinstance(settings.pretext, CtPRecipe):
-        augmentation = settings.pretext.augmentation(settings.crop_size)
-        return PlannedClips(items, source, augmentation, clip_len=settings.clip_len, seed=seed)
-    return settings.pretext.dataset(
-        items, source, clip_len=settings.clip_len, crop_size=settings.crop_size, seed=seed
-    )
+    return load_annotations(annotations), source
 
 
 class PartitionClips(Dataset[dict[str, Any]]):

@@ -12,8 +12,9 @@ override of ``conf/base.yaml``, so both routes run the same composed config:
 
 A SuperNode's node config (``flower-supernode --node-config``) says where its data is:
 ``partition-id`` (required), ``data-dir`` (its prepared datasets, as ``data_dir``), and optionally
-``annotations`` (its own annotation list instead of the partition file) and ``results-dir``
-(where it keeps its logs and pretext heads; default: the run's).
+``annotations`` (its own annotation list instead of the partition file), ``videos`` (its own
+folder of video files, decoded in place with no preparation and nothing written there) and
+``results-dir`` (where it keeps its logs and pretext heads; default: the run's).
 """
 
 from __future__ import annotations
@@ -139,11 +140,11 @@ def node_client_settings(context: Context) -> ClientSettings:
     extra = [override("data_dir", node["data-dir"])] if "data-dir" in node else []
     cfg = compose_config(context.run_config, extra)
     settings = pretraining(cfg, run_dir_of(context)).clients  # the server's checks, on the node
-    paths = {
-        k: str(Path(str(node[k])).resolve()) for k in ("annotations", "results-dir") if k in node
-    }
+    keys = ("annotations", "results-dir", "videos")
+    paths = {k: str(Path(str(node[k])).resolve()) for k in keys if k in node}
     return dataclasses.replace(
         settings,
         annotations=paths.get("annotations", settings.annotations),
         results_dir=paths.get("results-dir", settings.results_dir),
+        videos=paths.get("videos", settings.videos),
     )

@@ -45,7 +45,8 @@ def ensure_dataset(dataset: dict[str, Any], data_dir: str, pool_size: int) -> No
         f"python dataset_preparation.py --dataset {name} --data-dir {data_dir} "
         f"--num-clients {pool_size}"
     )
-    if dataset_is_prepared(root, pool_size):
+    lists = [dataset[key] for key in ("train_annotations", "test_annotations") if dataset.get(key)]
+    if dataset_is_prepared(root, pool_size, lists):
         return
     if dataset.get("auto_prepare"):
         logger.info("preparing the %s dataset in %s (first use)", name, root)
@@ -147,6 +148,11 @@ def check_config(cfg: dict[str, Any]) -> None:
         if int(cfg[key]) < 1:
             raise ValueError(f"{key} must be at least 1, got {cfg[key]}")
     resolve_strategy(cfg["strategy"])  # its aliases and ranges
+    if int(cfg["evaluate_every"]) > 0 and not cfg["dataset"].get("test_annotations"):
+        raise ValueError(
+            f"the {cfg['dataset']['name']} dataset has no labelled test split to evaluate on: "
+            "set evaluate_every=0 and evaluate with fedvssl.finetune on ucf101 or hmdb51"
+        )
     check_augment(cfg.get("augment", "cpu"), cfg["pretext"]["name"])
 
 

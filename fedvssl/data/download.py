@@ -17,10 +17,9 @@ import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from tqdm import tqdm
-
+from CtP.progress import progress_bar
 from fedvssl.data.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -113,13 +112,13 @@ def _fetch(url: str, part: Path, *, progress: bool, timeout: float, verify_tls: 
         total = _total_size(response, offset)
         with (
             part.open("ab" if offset else "wb") as out,
-            tqdm(
+            progress_bar(
                 total=total,
                 initial=offset,
                 unit="B",
                 unit_scale=True,
                 desc=part.name.removesuffix(".part"),
-                disable=not progress,
+                enabled=progress,
             ) as bar,
         ):
             try:
@@ -137,7 +136,7 @@ def _fetch(url: str, part: Path, *, progress: bool, timeout: float, verify_tls: 
         )
 
 
-def _copy(response: IO[bytes], out: IO[bytes], bar: tqdm) -> None:
+def _copy(response: IO[bytes], out: IO[bytes], bar: Any) -> None:
     while True:
         block = response.read(CHUNK_BYTES)
         if not block:
@@ -169,7 +168,7 @@ def download_file(
     sha256 : str | None
         Hex SHA-256 the file must have, when known.
     progress : bool
-        Show a tqdm progress bar.
+        Show a progress bar (:func:`CtP.progress.progress_bar`).
     timeout : float
         Socket timeout in seconds.
     verify_tls : bool

@@ -15,10 +15,9 @@ is decoded again. A video that is missing or cannot be decoded is left out and r
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,12 @@ from fedvssl.data.annotations import (
     write_json_atomic,
 )
 from fedvssl.data.errors import DataError
+from fedvssl.data.extraction import FRAMES_MANIFEST, ZIP_DIR, recorded_short_side, zip_path
 from fedvssl.data.frames import FrameJob, extract_frames
+from fedvssl.data.kinetics import prepare_kinetics
+from fedvssl.data.own_videos import prepare_own_videos
 from fedvssl.data.partitions import write_partitions
+from fedvssl.data.report import PreparationReport
 from fedvssl.data.sources import hmdb51_parts, index_videos, materialise, ucf101_parts
 from fedvssl.data.splits import Split, SplitEntry, read_hmdb_split, read_ucf_split
 from fedvssl.data.synthetic import RAW_DIR, SPLITS_DIR, generate_synthetic_ucf, recorded_setting
@@ -40,91 +43,30 @@ from fedvssl.data.workers import run_jobs
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("synthetic", "ucf101", "hmdb51")
-ZIP_DIR = "zips"
-FRAMES_MANIFEST = ".frames.json"  # in zips/: the frame size every zip was made with
-
-
-@dataclass
-class PreparationReport:
-    """What a preparation run did, and what it had to leave out."""
-
-    dataset: str
-    root: Path
-    train: int = 0  # videos in the written train / test annotations
-    test: int = 0
-    extracted: int = 0  # videos decoded in this run
-    skipped: int = 0  # videos whose zip was already there
-    missing: list[str] = field(default_factory=list)  # listed, but no video file
-    failed: dict[str, str] = field(default_factory=dict)  # name -> why it could not be decoded
-    partial: dict[str, str] = field(default_factory=dict)  # decoding stopped early: frames kept
-    annotation_files: list[Path] = field(default_factory=list)
-    partition_files: list[Path] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        """Return a human-readable summary, one line per fact."""
-        out = [
-            f"{self.dataset}: {self.train} train and {self.test} test videos in {self.root}",
-            f"frames: {self.extracted} extracted, {self.skipped} already there, in "
-            + str(self.root / ZIP_DIR),
-        ]
-        out += [f"annotations: {path}" for path in self.annotation_files]
-        if self.partition_files:
-            folder = self.partition_files[0].parent
-            out.append(f"partitions: {len(self.partition_files)} clients in {folder}")
-        if self.missing:
-            out.append(
-                f"left out, video file missing ({len(self.missing)}): {', '.join(self.missing)}"
-            )
-        if self.failed:
-            out.append(f"left out, cannot be decoded ({len(self.failed)}):")
-            out += [f"  {name}: {why}" for name, why in sorted(self.failed.items())]
-        if self.partial:
-            out.append(f"decoded in part, frames before the error kept ({len(self.partial)}):")
-            out += [f"  {name}: {why}" for name, why in sorted(self.partial.items())]
-        return out
-
-
-def zip_path(root: Path, name: str) -> Path:
-    """Return ``root/zips/<Class>/<video>.zip`` for the annotation name "Class/video"."""
-    return root / ZIP_DIR / f"{name}.zip"
+DATASETS = ("synthetic", "ucf101", "hmdb51", "k400", "videos")
+DEFAULT_CLIENTS = 5  # the Flower baseline's UCF-101 run (reference §4.1)
+SPLIT_1_FILES = ("annotations/train_split_1.json", "annotations/test_split_1.json")
 
 
 def _records(entries: list[SplitEntry], ready: set[str]) -> list[dict[str, Any]]:
     return [{"name": e.name, "label": e.label} for e in entries if e.name in ready]
 
 
-def _prepared_lists(
-    root: Path, split: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
-    """Return the train and test lists if they and all their zips are already there."""
+def _prepared_lists(root: Path, files: Sequence[Path]) -> list[list[dict[str, Any]]] | None:
+    """Return the annotation lists if they and all their zips are already there."""
     try:
-        train = read_annotations(split_path(root, "train", split))
-        test = read_annotations(split_path(root, "test", split))
+        lists = [read_annotations(path) for path in files]
     except DataError:
         return None
-    if not all(zip_path(root, r["name"]).is_file() for r in train + test):
+    if not all(zip_path(root, r["name"]).is_file() for records in lists for r in records):
         return None
-    return train, test
+    return lists
 
 
-def _frame_short_side(root: Path, requested: int | None) -> int | None:
-    """Return the short side to extract with, refusing one that differs from the zips there."""
-    manifest = root / ZIP_DIR / FRAMES_MANIFEST
-    if not manifest.is_file():
-        return requested
-    recorded: int | None = json.loads(manifest.read_text()).get("short_side")
-    if requested is not None and requested != recorded:
-        size = "native size" if recorded is None else f"short side {recorded}"
-        raise DataError(
-            f"the frames in {root / ZIP_DIR} were extracted at {size}; delete that folder to "
-            f"extract them again with --short-side {requested}"
-        )
-    return recorded
-
-
-def dataset_is_prepared(root: Path, num_clients: int) -> bool:
-    """Tell whether a dataset root holds split-1 annotations, their zips and K partitions.
+def dataset_is_prepared(
+    root: Path, num_clients: int, annotations: Sequence[str] = SPLIT_1_FILES
+) -> bool:
+    """Tell whether a dataset root holds its annotation lists, their zips and K partitions.
 
     Parameters
     ----------
@@ -132,14 +74,19 @@ def dataset_is_prepared(root: Path, num_clients: int) -> bool:
         ``data_dir/<dataset>``.
     num_clients : int
         Number of clients K the partitions must be for.
+    annotations : Sequence[str]
+        The annotation files, relative to ``root``, the training list first (default: split
+        1 of UCF-101 and HMDB-51; Kinetics-400 has ``annotations/train.json`` and ``val.json``,
+        a folder of one's own videos only ``annotations/train.json``).
 
     Returns
     -------
     bool
-        True when ``client_dist1..K.json`` exist (and no ``client_dist{K+1}.json``), together
-        cover the train list exactly, and every annotated video has its zip.
+        True when ``client_dist1..K.json`` exist (and no ``client_dist{K+1}.json``), name only
+        videos of the training list (the original non-IID partitions of Kinetics-400 repeat
+        videos and leave classes out), and every annotated video has its zip.
     """
-    lists = _prepared_lists(root, 1)
+    lists = _prepared_lists(root, [root / name for name in annotations])
     if lists is None or num_clients < 1:
         return False
     out_dir = partition_dir(root)
@@ -149,8 +96,8 @@ def dataset_is_prepared(root: Path, num_clients: int) -> bool:
         parts = [read_annotations(client_dist_path(out_dir, n)) for n in range(1, num_clients + 1)]
     except DataError:
         return False
-    in_parts = sorted(r["name"] for records in parts for r in records)
-    return in_parts == sorted(r["name"] for r in lists[0])
+    in_parts = {r["name"] for records in parts for r in records}
+    return in_parts <= {r["name"] for r in lists[0]}
 
 
 def _read_split(
@@ -212,7 +159,7 @@ def prepare_dataset(
     *,
     raw: Path | None = None,
     splits: Path | None = None,
-    num_clients: int = 5,
+    num_clients: int | None = None,
     seed: int = 7,
     short_side: int | None = None,
     workers: int | None = None,
@@ -221,13 +168,21 @@ def prepare_dataset(
     split: int = 1,
     verify_tls: bool = True,
     progress: bool = True,
+    annotations: Path | None = None,
+    scheme: str = "noniid",
+    partitions: Path | None = None,
+    alpha: float = 0.5,
+    partition_by: str | None = None,
+    disk_check: bool = True,
 ) -> PreparationReport:
     """Prepare one dataset under ``data_dir/<dataset>``: frames, annotations and partitions.
 
     Parameters
     ----------
     dataset : str
-        ``"synthetic"``, ``"ucf101"`` or ``"hmdb51"``.
+        ``"synthetic"``, ``"ucf101"``, ``"hmdb51"``, ``"k400"``
+        (:func:`fedvssl.data.kinetics.prepare_kinetics`) or ``"videos"``
+        (:func:`fedvssl.data.own_videos.prepare_own_videos`).
     data_dir : Path
         Parent folder of the dataset roots (``data``).
     raw : Path | None
@@ -235,8 +190,9 @@ def prepare_dataset(
         from the official address when neither this nor an earlier extraction is there.
     splits : Path | None
         Local split lists: a folder or the official archive. Downloaded likewise.
-    num_clients : int
-        Number of IID client partitions to write.
+    num_clients : int | None
+        Number of client partitions to write (default 5; Kinetics-400: 100; a folder of
+        videos split by folder: one per top-level folder).
     seed : int
         Seed of the partition shuffle (7 in the original).
     short_side : int | None
@@ -256,6 +212,14 @@ def prepare_dataset(
         Check TLS certificates when downloading.
     progress : bool
         Show progress bars.
+    annotations, scheme, partitions, alpha : Path | None, str, Path | None, float
+        Kinetics-400 only: the folder of its CSVs, the partition scheme (``noniid``, ``iid``,
+        ``dirichlet``), a folder of published partitions to adopt, Dirichlet's concentration.
+    partition_by : str | None
+        A folder of videos only: ``"folder"`` makes one client per top-level folder.
+    disk_check : bool
+        Kinetics-400 and a folder of videos: refuse to start when the projected frames do not
+        fit on the disk.
 
     Returns
     -------
@@ -270,8 +234,20 @@ def prepare_dataset(
     """
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if num_clients < 1:
+    if num_clients is not None and num_clients < 1:
         raise DataError(f"--num-clients must be at least 1, got {num_clients}")
+    if dataset == "k400":
+        return prepare_kinetics(
+            data_dir, raw, annotations=annotations, num_clients=num_clients, scheme=scheme,
+            partitions=partitions, seed=seed, alpha=alpha, short_side=short_side,
+            workers=workers, progress=progress, disk_check=disk_check,
+        )  # fmt: skip
+    if dataset == "videos":
+        return prepare_own_videos(
+            data_dir, raw, num_clients=num_clients, partition_by=partition_by, seed=seed,
+            short_side=short_side, workers=workers, progress=progress, disk_check=disk_check,
+        )  # fmt: skip
+    num_clients = num_clients or DEFAULT_CLIENTS
     root = data_dir / dataset
     report = PreparationReport(dataset, root)
     fetch = functools.partial(
@@ -289,16 +265,19 @@ def prepare_dataset(
     )
     # the synthetic videos are made first (cheap when there; rebuilt if their settings changed)
     source = fetch() if dataset == "synthetic" else None
-    _frame_short_side(root, short_side)  # refuse a size change before any work
-    lists = _prepared_lists(root, split) if raw is None and splits is None else None
+    recorded_short_side(root, short_side)  # refuse a size change before any work
+    files = [split_path(root, "train", split), split_path(root, "test", split)]
+    lists = _prepared_lists(root, files) if raw is None and splits is None else None
     if lists is None:
         split_info, video_dir = source or fetch()
-        short_side = _frame_short_side(root, short_side)
+        short_side = recorded_short_side(root, short_side)
         write_json_atomic({"short_side": short_side}, root / ZIP_DIR / FRAMES_MANIFEST)
-        lists = _extract_all(split_info, root, video_dir, short_side, workers, progress, report)
+        train, test = _extract_all(
+            split_info, root, video_dir, short_side, workers, progress, report
+        )
     else:  # only the partitions may be new: decode nothing
-        report.skipped = len(lists[0]) + len(lists[1])
-    train, test = lists
+        train, test = lists
+        report.skipped = len(train) + len(test)
     report.train, report.test = len(train), len(test)
     report.annotation_files = [
         write_annotations(train, split_path(root, "train", split)),

@@ -21,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
+from CtP.progress import progress_bar
 from fedvssl.data.archives import extract_archive
 from fedvssl.data.download import download_file
 from fedvssl.data.errors import DataError
@@ -105,7 +104,7 @@ def _extract_into(archive: Path, part: Part, progress: bool) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     (target / MARKER).unlink(missing_ok=True)
     (target / IN_PROGRESS).touch()
-    with tqdm(desc=f"extract {archive.name}", unit="file", disable=not progress) as bar:
+    with progress_bar(desc=f"extract {archive.name}", unit="file", enabled=progress) as bar:
         extract_archive(archive, target, flat=part.flat, select=part.select, progress=bar.update)
         if part.nested:
             for inner in sorted(target.rglob("*.rar")):

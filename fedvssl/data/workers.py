@@ -1,8 +1,9 @@
 """Worker processes for the per-video jobs of dataset preparation (synthesis, frame extraction).
 
 Jobs run in a ``concurrent.futures`` process pool started with ``forkserver`` (``spawn`` where
-that is missing), never ``fork``: the parent may hold threads (tqdm, a data loader) that a forked
-child would inherit in a broken state. One worker, or one job, runs in the calling process.
+that is missing), never ``fork``: the parent may hold threads (a progress bar's, a data
+loader's) that a forked child would inherit in a broken state. One worker, or one job, runs in
+the calling process.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import TypeVar
 
-from tqdm import tqdm
+from CtP.progress import progress_bar
 
 JobT = TypeVar("JobT")
 ResultT = TypeVar("ResultT")
@@ -51,7 +52,7 @@ def run_jobs(
     desc, unit : str
         Progress bar label and unit.
     progress : bool
-        Show a tqdm progress bar.
+        Show a progress bar (:func:`CtP.progress.progress_bar`).
 
     Yields
     ------
@@ -59,7 +60,7 @@ def run_jobs(
         One result per job, in completion order.
     """
     workers = default_workers() if workers is None else max(1, workers)
-    with tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress) as bar:
+    with progress_bar(total=len(jobs), desc=desc, unit=unit, enabled=progress) as bar:
         if workers == 1 or len(jobs) <= 1:
             for job in jobs:
                 yield fn(job)
