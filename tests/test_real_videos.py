@@ -1,9 +1,12 @@
-"""Kinetics-400 from a stand-in of its standard download, written by the tests.
+"""Real videos at real scale: Kinetics-400 from a stand-in of its download, and one's own videos.
 
-The stand-in has real K-400 class names (with ``'``, ``()`` and spaces), train videos in class
-folders and validation videos flat, a train CSV with ``is_cc`` and a ``validate.csv`` without,
-.mp4, .webm and .mkv files, and the rows a real download has: one without a video, one whose
-file does not decode, a duplicate, and one of a class that is not in the authors' classInd.txt.
+The Kinetics-400 stand-in has real K-400 class names (with ``'``, ``()`` and spaces), train
+videos in class folders and validation videos flat, a train CSV with ``is_cc`` and a
+``validate.csv`` without, .mp4, .webm and .mkv files, and the rows a real download has: one
+without a video, one whose file does not decode, a duplicate, one of a class that is not in the
+authors' classInd.txt, and a malformed one. The folder of one's own videos has two cameras, one
+with a nested folder, a file that is not a video and two files with one name. Both are prepared
+once per session into one data folder, and one Hydra multirun trains one round on each.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pytest
 from fedvssl.data.errors import DataError
 from fedvssl.data.kinetics import class_index
 from fedvssl.data.preparation import dataset_is_prepared, prepare_dataset
+from fedvssl.run_config import ConfigValue, node_client_settings
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = 16
@@ -45,10 +49,11 @@ HEADER = "label,youtube_id,time_start,time_end,split"
 
 def write_clip(path: Path, frames: np.ndarray, fps: int = 25) -> None:
     """Encode RGB frames [T,H,W,3] in the container the suffix names (H.264, VP8, MPEG-4)."""
-    codec = {".mp4": "libx264", ".webm": "libvpx", ".mkv": "mpeg4"}[path.suffix]
+    codec = {".mp4": "libx264", ".webm": "libvpx", ".mkv": "mpeg4", ".mov": "mpeg4"}[path.suffix]
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         for image in frames:
@@ -111,11 +116,15 @@ def k400_standin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
 
 
 @pytest.fixture(scope="session")
-def k400_data(
-    k400_standin: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
+def real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data folder of both prepared sets (``k400/`` and ``videos/``), for one multirun."""
+    return tmp_path_factory.mktemp("real_data")
+
+
+@pytest.fixture(scope="session")
+def k400_data(k400_standin: tuple[Path, dict[str, Any]], real_data_dir: Path) -> Path:
     """The stand-in prepared once: 2 IID clients, frames at short side 32 (shared by the run)."""
-    data = tmp_path_factory.mktemp("k400_data")
+    data = real_data_dir
     prepare_dataset(
         "k400", data, raw=k400_standin[0], num_clients=2, scheme="iid", short_side=32,
         workers=1, progress=False,
@@ -162,7 +171,7 @@ def test_standin_prepared_end_to_end(
         with zipfile.ZipFile(root / "zips" / f"{record['name']}.zip") as zf:
             assert zf.namelist() == [f"img_{i:05d}.jpg" for i in range(1, FRAMES + 1)]
             image = cv2.imdecode(np.frombuffer(zf.read("img_00003.jpg"), np.uint8), 1)
-        assert image.shape == (32, 43, 3)  # 48x64 at short side 32
+        assert image is not None and image.shape == (32, 43, 3)  # 48x64 at short side 32
     parts = [read(root / f"annotations/client_distribution/client_dist{n}.json") for n in (1, 2)]
     assert sorted(r["name"] for p in parts for r in p) == sorted(
         r["name"] for r in expected["train"]
@@ -332,3 +341,136 @@ def test_bad_input_is_one_line_status_2_and_nothing_written(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert snapshot(data) == before  # nothing written, nothing removed
+
+
+# ---------------------------------------------------------------- a folder of one's own videos
+
+OWN_VIDEOS = {  # file under the folder -> frames (a.mov is a second file named cam_a/a)
+    "cam_a/a.mp4": 16, "cam_a/a.mov": 16, "cam_a/b.mkv": 12,
+    "cam_b/c.mp4": 16, "cam_b/2024/d.webm": 14, "cam_b/2024/e.mp4": 16,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def own_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    raw = tmp_path_factory.mktemp("own_videos")
+    for i, (name, frames) in enumerate(OWN_VIDEOS.items()):
+        write_clip(raw / name, clip_frames(50 + i, num_frames=frames))
+    (raw / "cam_b" / "notes.txt").write_text("not a video")
+    (raw / "cam_b" / ".hidden.mp4").write_bytes(b"a half-copied file")
+    return raw
+
+
+@pytest.fixture(scope="session")
+def own_videos_data(own_videos: Path, real_data_dir: Path) -> Path:
+    """The folder prepared once, one client per camera, frames at short side 32."""
+    prepare_dataset(
+        "videos", real_data_dir, raw=own_videos, partition_by="folder", short_side=32,
+        workers=1, progress=False,
+    )  # fmt: skip
+    return real_data_dir
+
+
+def test_own_videos_one_client_per_top_level_folder(
+    own_videos: Path, own_videos_data: Path
+) -> None:
+    root = own_videos_data / "videos"
+    names = ["cam_a/a", "cam_a/b", "cam_b/2024/d", "cam_b/2024/e", "cam_b/c"]
+    assert read(root / "annotations/train.json") == [{"name": n, "label": 1} for n in names]
+    parts = [read(root / f"annotations/client_distribution/client_dist{n}.json") for n in (1, 2)]
+    assert [[r["name"] for r in p] for p in parts] == [names[:2], names[2:]]
+    assert not (root / "annotations/client_distribution/client_dist3.json").exists()
+    for name in names:
+        with zipfile.ZipFile(root / "zips" / f"{name}.zip") as zf:
+            assert (
+                len(zf.namelist())
+                == OWN_VIDEOS[next(k for k in OWN_VIDEOS if k.startswith(name + "."))]
+            )
+    report = read(root / "preparation_report.json")
+    assert report["left out"]["duplicate row"] == ["cam_a/a.mp4 (the name of a.mov)"]
+    assert dataset_is_prepared(root, 2, ["annotations/train.json"])
+    with pytest.raises(DataError, match="found 2 top-level folders, not --num-clients 3"):
+        prepare_dataset(
+            "videos", own_videos_data, raw=own_videos, partition_by="folder", num_clients=3
+        )
+    with pytest.raises(DataError, match="videos lie directly in --raw"):
+        prepare_dataset("videos", own_videos_data, raw=own_videos / "cam_b", partition_by="folder")
+
+
+def test_own_videos_in_iid_clients(own_videos: Path, own_videos_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(own_videos_data / "videos", data / "videos")  # the zips are there
+    report = prepare_dataset("videos", data, raw=own_videos, num_clients=3, seed=3, progress=False)
+    assert report.extracted == 0 and report.skipped == 5
+    parts = [read(path) for path in report.partition_files]
+    assert sorted(len(p) for p in parts) == [1, 2, 2]
+    assert sorted(r["name"] for p in parts for r in p) == sorted(
+        r["name"] for r in read(data / "videos/annotations/train.json")
+    )
+
+
+def test_a_node_trains_on_its_own_folder_of_video_files_in_place(
+    own_videos: Path, tmp_path: Path
+) -> None:
+    """``--node-config "partition-id=0 videos='...'"``: no preparation, nothing written there."""
+    from conftest import global_model
+    from flwr.app import Context, RecordDict
+
+    from CtP.datasets import VideoFileSource
+    from fedvssl.client_data import build_dataset
+    from fedvssl.local_training import train_locally
+
+    folder = own_videos / "cam_b"
+    before = {p: p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+    run_config: dict[str, ConfigValue] = {
+        "experiment": "smoke",
+        "run-dir": str(tmp_path / "run"),
+        "overrides": "augment=cpu",
+    }
+    node: dict[str, ConfigValue] = {
+        "partition-id": 0,
+        "videos": str(folder),
+        "data-dir": str(tmp_path / "nothing"),
+    }
+    context = Context(
+        run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=run_config
+    )
+    settings = node_client_settings(context)
+    assert settings.videos == str(folder.resolve())
+    dataset = build_dataset(settings, 0)
+    assert isinstance(dataset.source, VideoFileSource)
+    assert [a.name for a in dataset.annotations] == ["2024/d.webm", "2024/e.mp4", "c.mp4"]
+    _, metrics = train_locally(settings, 0, 1, global_model(1), partial=True)
+    assert metrics["num-examples"] == 3 and np.isfinite(float(metrics["train-loss"]))  # type: ignore[arg-type]
+    assert (tmp_path / "run" / "fedvssl_results" / "client1" / "head-round-1.pt").is_file()
+    assert {p: p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))} == before
+
+
+@pytest.mark.ray
+def test_one_round_of_paper_k400_and_of_own_videos(
+    k400_data: Path, own_videos_data: Path, tmp_path: Path
+) -> None:
+    """``experiment=paper_k400`` as shipped, sized down, on each prepared set: one multirun."""
+    assert k400_data == own_videos_data
+    sweep = tmp_path / "sweep"
+    tiny = [
+        "pool_size=2", "clients_per_round=2", "rounds=1", "model.width=16", "clip_len=8",
+        "crop_size=32", "batch_size=2", "workers=0", "log_interval=2",
+        "client_resources.num_gpus=0", "client_resources.num_cpus=1",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "fedvssl.main", "--multirun", f"hydra.sweep.dir={sweep}",
+            "experiment=paper_k400", "dataset=k400,videos", f"data_dir={k400_data}", *tiny,
+        ],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    for job, dataset in enumerate(("k400", "videos")):
+        assert f"2 clients, 1 rounds, {dataset} data in {k400_data / dataset}" in done.stdout
+        run_dir = sweep / str(job)
+        with np.load(run_dir / "fedvssl_results" / "round-1-weights.array.npz") as state:
+            assert len(state.files) == 126
+        metrics = read(run_dir / "metrics.json")
+        assert [c["id"] for c in metrics["rounds"][0]["clients"]] == [1, 2]
+        assert metrics["config"]["ctp"]["head_init"] == "reference"  # the paper's recipe
