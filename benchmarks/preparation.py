@@ -17,6 +17,8 @@ that package is installed, else a textured scene panned like a camera).
 4. **A training clip** (CtP sample, CPU augmentation, one thread): decoded from the video file
    in place (:class:`CtP.datasets.VideoFileSource`, a SuperNode's own folder) against the zip
    of the prepared frames (:class:`CtP.datasets.ZipFrameSource`); CPU seconds per clip.
+5. **Decoding threads**: CPU per frame of decoding the clips with FFmpeg's threads and on one
+   thread (what a ``--workers`` process does).
 
     python -m benchmarks.preparation [--clips 3] [--seconds 10] [--short-side 144]
         [--short-sides 128 144 256] [--source VIDEO] [--data DIR] [--output FILE]
@@ -171,6 +173,17 @@ def zip_stats(zips: list[Path]) -> dict[str, float]:
     return {"bytes_per_video": float(np.mean(sizes)), "bytes_per_pixel": sum(sizes) / pixels}
 
 
+def decode_threads(clips: list[Path]) -> dict[str, float]:
+    """CPU seconds per frame to decode the clips with FFmpeg's threads, and on one thread."""
+    out = {}
+    for label, threads in (("ffmpeg_threads", 0), ("one_thread", 1)):
+        started, frames = time.process_time(), 0
+        for clip in clips:
+            frames += sum(1 for _ in decode_frames(clip, "bgr24", threads))
+        out[f"{label}_cpu_ms_per_frame"] = (time.process_time() - started) / frames * 1e3
+    return out
+
+
 def clip_cost(clips: list[Path], zips: Path, samples: int) -> dict[str, float]:
     """CPU seconds per CtP training clip: from the video file against from the prepared zip."""
     import torch
@@ -229,6 +242,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
                 stats["k400_tb"] = stats["bytes_per_video"] * K400_VIDEOS / 1e12
                 row["disk"][str(side)] = stats
             row["training_clip"] = clip_cost(paths, Path(tmp) / "ours", args.samples)
+            row["decode"] = decode_threads(paths)
             report["rows"][label] = row
     report["ffmpeg"] = (
         subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
