@@ -19,6 +19,9 @@ that package is installed, else a textured scene panned like a camera).
    of the prepared frames (:class:`CtP.datasets.ZipFrameSource`); CPU seconds per clip.
 5. **Decoding threads**: CPU per frame of decoding the clips with FFmpeg's threads and on one
    thread (what a ``--workers`` process does).
+6. **Resize, then convert**: a frame to its stored size resized in YUV 4:2:0 and then converted
+   to BGR (:func:`fedvssl.data.frames.stored_frame`) against converted at full size and then
+   resized; CPU per frame and how far the stored pixels differ.
 
     python -m benchmarks.preparation [--clips 3] [--seconds 10] [--short-side 144]
         [--short-sides 128 144 256] [--source VIDEO] [--data DIR] [--output FILE]
@@ -45,7 +48,14 @@ import cv2
 import numpy as np
 
 from benchmarks import machine_info, write_report
-from fedvssl.data.frames import FrameJob, decode_frames, extract_frames
+from fedvssl.data.frames import (
+    FrameJob,
+    decode_frames,
+    decoded_video,
+    extract_frames,
+    resize_short_side,
+    stored_frame,
+)
 
 FPS = 30
 SIZES = {"340x256": (340, 256), "1280x720": (1280, 720)}
@@ -184,6 +194,24 @@ def decode_threads(clips: list[Path]) -> dict[str, float]:
     return out
 
 
+def conversion(clip: Path, short_side: int) -> dict[str, float]:
+    """Time a frame to its stored size: resized in YUV first (ours) against converted first."""
+    frames = list(decoded_video(clip, 1))
+    started = time.process_time()
+    ours_frames = [stored_frame(f, short_side) for f in frames]
+    ours_ms = (time.process_time() - started) / len(frames) * 1e3
+    started = time.process_time()
+    first = [resize_short_side(f.to_ndarray(format="bgr24"), short_side) for f in frames]
+    first_ms = (time.process_time() - started) / len(frames) * 1e3
+    diff = np.abs(np.stack(ours_frames).astype(np.int16) - np.stack(first).astype(np.int16))
+    return {
+        "yuv_resize_then_bgr_ms_per_frame": ours_ms,
+        "bgr_then_resize_ms_per_frame": first_ms,
+        "mean_abs_difference": float(diff.mean()),
+        "p99_abs_difference": float(np.percentile(diff, 99)),
+    }
+
+
 def clip_cost(clips: list[Path], zips: Path, samples: int) -> dict[str, float]:
     """CPU seconds per CtP training clip: from the video file against from the prepared zip."""
     import torch
@@ -243,6 +271,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
                 row["disk"][str(side)] = stats
             row["training_clip"] = clip_cost(paths, Path(tmp) / "ours", args.samples)
             row["decode"] = decode_threads(paths)
+            row["conversion"] = conversion(paths[0], args.short_side)
             report["rows"][label] = row
     report["ffmpeg"] = (
         subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]

