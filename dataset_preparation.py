@@ -139,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # --help (0) or a bad option (2, message already printed)
         return stop.code if isinstance(stop.code, int) else 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    only = {"--annotations": ("k400", args.annotations), "--partitions": ("k400", args.partitions)}
+    only["--partition-by"] = ("videos", args.partition_by)
+    for option, (dataset, value) in only.items():
+        if value is not None and args.dataset != dataset:
+            print(
+                f"{parser.prog}: error: {option} applies to --dataset {dataset} only",
+                file=sys.stderr,
+            )
+            return 2
     short_side = args.short_side
     if short_side is None and args.dataset in ("k400", "videos"):
         short_side = LARGE_SHORT_SIDE

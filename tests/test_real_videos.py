@@ -302,6 +302,7 @@ def test_projected_frames_larger_than_the_disk_are_refused(
         ("no_videos", "holds no .mp4/.webm/.mkv videos"),
         ("partitions_match_nothing", "no entry of the --partitions files"),
         ("one_folder", "--partition-by folder found one top-level folder"),
+        ("misplaced_option", "--partition-by applies to --dataset videos only"),
     ],
 )
 def test_bad_input_is_one_line_status_2_and_nothing_written(
@@ -329,6 +330,8 @@ def test_bad_input_is_one_line_status_2_and_nothing_written(
             json.dumps([{"name": "abseiling/x_000001_000011", "label": 290}])
         )
         argv = [*k400, "--partitions", str(bad)]
+    elif case == "misplaced_option":
+        argv = [*k400, "--partition-by", "folder"]
     else:
         write_clip(bad / "videos" / "cam1" / "a.mp4", clip_frames(0, num_frames=4))
         argv = ["--dataset", "videos", "--raw", str(bad / "videos"), "--partition-by", "folder"]

@@ -1,7 +1,9 @@
 """Dataset preparation: raw videos and split lists -> frame zips, annotations, client partitions.
 
 ``prepare_dataset`` takes the synthetic dataset (generated on first use), UCF-101 or HMDB-51 from
-its raw layout to the layout every other module reads::
+its raw layout to the layout every other module reads (Kinetics-400 and a folder of one's own
+videos go through :mod:`fedvssl.data.kinetics` and :mod:`fedvssl.data.own_videos`, to the same
+layout with their own list names)::
 
     data/<dataset>/zips/<Class>/<video>.zip                              JPEG frames
     data/<dataset>/annotations/{train,test}_split_1.json                  [{"name", "label"}]
