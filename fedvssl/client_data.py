@@ -37,7 +37,7 @@ from CtP.device_augmentation import PlannedClips, collate_planned
 from CtP.pretext import Pretext
 from CtP.recipe import CtPRecipe
 from CtP.train import make_loader
-from fedvssl.data.own_videos import video_file_names
+from fedvssl.data.video_files import video_file_names
 from fedvssl.settings import check_augment
 
 Key = tuple[int, int, int]  # (partition, epoch, position in the partition)

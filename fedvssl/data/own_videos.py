@@ -15,7 +15,8 @@ shuffle, or, with ``partition_by="folder"``, one client per top-level folder (ea
 device its own client). Downstream evaluation needs labels and stays on UCF-101 / HMDB-51.
 
 A SuperNode can also train on such a folder with no preparation at all
-(:func:`video_file_names`): its clips are decoded from the files, and nothing is written there.
+(:func:`fedvssl.data.video_files.video_file_names`): its clips are decoded from the files, and
+nothing is written there.
 """
 
 from __future__ import annotations
@@ -30,45 +31,12 @@ from fedvssl.data.errors import DataError
 from fedvssl.data.extraction import PlannedVideo, extract_planned, zip_path
 from fedvssl.data.partitions import Record, partition_iid, write_client_lists
 from fedvssl.data.report import PreparationReport, write_report
+from fedvssl.data.video_files import find_videos
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (  # what FFmpeg (PyAV) reads that cameras and phones write
-    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".wmv",
-    ".flv", ".3gp",
-)  # fmt: skip
 PARTITION_BY = ("folder",)
 TRAIN_FILE = "annotations/train.json"
-
-
-def find_videos(folder: Path) -> list[Path]:
-    """Return every video file under ``folder``, in sorted order (hidden files left out).
-
-    Raises
-    ------
-    DataError
-        If ``folder`` is not a folder or holds no video file.
-    """
-    if not folder.is_dir():
-        raise DataError(f"--raw must be a folder of video files, got {folder}")
-    found = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in VIDEO_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
-    )
-    if not found:
-        raise DataError(
-            f"{folder} holds no video files ({' '.join(VIDEO_SUFFIXES)}): point at the folder "
-            "of your videos"
-        )
-    return found
-
-
-def video_file_names(folder: Path) -> list[str]:
-    """Return the path of every video under ``folder``, relative to it (for reading in place)."""
-    return [p.relative_to(folder).as_posix() for p in find_videos(folder)]
 
 
 def _name(folder: Path, video: Path) -> str:
