@@ -22,14 +22,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from fedvssl.data.errors import DataError
+from fedvssl.data.extraction import DEFAULT_SHORT_SIDE
 from fedvssl.data.kinetics import SCHEMES
 from fedvssl.data.own_videos import PARTITION_BY
 from fedvssl.data.preparation import DATASETS, prepare_dataset
-
-# Frames of Kinetics-400 and of one's own videos are stored at this short side unless asked
-# otherwise: the largest short side CtP's pre-training scales a clip to (112, 128 or 144,
-# reference §3.2), so no stored frame is scaled up, at a fraction of the native size's disk.
-LARGE_SHORT_SIDE = 144
 
 DESCRIPTION = "Prepare a video dataset for FedVSSL: frames, annotations and client partitions."
 
@@ -82,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--short-side",
         type=_positive_int,
-        help="resize frames to this short side (default: native; k400 and videos: "
-        f"{LARGE_SHORT_SIDE}, the largest scale of CtP's pre-training)",
+        help="resize frames to this short side (default: the size of the zips there, else "
+        f"native; k400 and videos: {DEFAULT_SHORT_SIDE}, the largest scale of CtP's pre-training)",
     )
     parser.add_argument("--workers", type=_positive_int, help="processes (default: min(4, CPUs))")
     parser.add_argument(
@@ -148,9 +144,6 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    short_side = args.short_side
-    if short_side is None and args.dataset in ("k400", "videos"):
-        short_side = LARGE_SHORT_SIDE
     try:
         report = prepare_dataset(
             args.dataset,
@@ -159,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             splits=args.splits,
             num_clients=args.num_clients,
             seed=args.seed,
-            short_side=short_side,
+            short_side=args.short_side,
             workers=args.workers,
             synthetic_scale=args.synthetic_scale,
             synthetic_light_change=args.synthetic_light_change,

@@ -281,7 +281,8 @@ def test_projected_frames_larger_than_the_disk_are_refused(
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(extraction.shutil, "disk_usage", lambda _: usage._replace(free=1000))
     with pytest.raises(
-        DataError, match=r"need about .* MB and .* has 0\.0 MB free.*--no-disk-check"
+        DataError,
+        match=r"at short side 144 need about .* MB and .* has 0\.0 MB free.*--no-disk-check",
     ):
         prepare_dataset(
             "k400", tmp_path, raw=k400_standin[0], num_clients=2, scheme="iid", progress=False
