@@ -298,7 +298,8 @@ def change_light(video: np.ndarray, rng: np.random.Generator, amount: float) -> 
     The log of every pixel's gain goes linearly from ``-c/2`` at the first frame to ``c/2`` at the
     last, with ``|c|`` drawn uniformly from ``[amount/2, amount]`` and its sign at random: the
     scene brightens or darkens by a factor between ``exp(amount/2)`` and ``exp(amount)`` from the
-    first frame to the last. ``amount`` 0 returns the video unchanged and draws nothing from ``rng``.
+    first frame to the last. ``amount`` 0 returns the video unchanged and draws nothing from
+    ``rng``.
 
     Parameters
     ----------

@@ -218,8 +218,11 @@ def _write_lists(plan: list[VideoSpec], splits_dir: Path, num_classes: int) -> N
 
 
 def recorded_setting(root: Path, key: str) -> float | None:
-    """Return the setting ``key`` (``scale``, ``light_change``) the synthetic dataset in ``root``
-    was made with; ``None`` when there is no dataset, or it was made without that setting."""
+    """Return a setting the synthetic dataset in ``root`` was made with.
+
+    ``key`` is ``scale`` or ``light_change``; ``None`` when there is no dataset, or it was made
+    without that setting.
+    """
     try:
         return float(json.loads((root / MANIFEST).read_text())[key])
     except (OSError, ValueError, KeyError, TypeError):
