@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedvssl import config_values as values
+from fedvssl.data.errors import DataError
 from fedvssl.strategy_config import resolve_strategy
 
 if TYPE_CHECKING:
@@ -31,12 +33,23 @@ class RunStateError(RuntimeError):
     """The run folder does not fit the request (e.g. old checkpoints without ``resume``)."""
 
 
+class RunFailedError(RuntimeError):
+    """The run started and failed (rounds that aggregated nothing, a model that is not finite)."""
+
+
 class DataNotReadyError(RuntimeError):
     """The dataset folder or a client partition is missing."""
 
 
 def ensure_dataset(dataset: dict[str, Any], data_dir: str, pool_size: int) -> None:
-    """Check the dataset and its ``pool_size`` partitions; prepare the synthetic one if allowed."""
+    """Check the dataset and its ``pool_size`` partitions; prepare the synthetic one if allowed.
+
+    Raises
+    ------
+    DataNotReadyError
+        Naming what is missing or malformed (a file and its record, a video without frames, a
+        partition that does not split the train list) and the command that prepares it.
+    """
     from fedvssl.data.preparation import dataset_is_prepared, prepare_dataset
 
     root = Path(dataset["root"])
@@ -45,17 +58,51 @@ def ensure_dataset(dataset: dict[str, Any], data_dir: str, pool_size: int) -> No
         f"python dataset_preparation.py --dataset {name} --data-dir {data_dir} "
         f"--num-clients {pool_size}"
     )
-    if dataset_is_prepared(root, pool_size):
-        return
-    if dataset.get("auto_prepare"):
+    if dataset.get("auto_prepare") and not dataset_is_prepared(root, pool_size):
         logger.info("preparing the %s dataset in %s (first use)", name, root)
-        prepare_dataset(name, Path(data_dir), num_clients=pool_size)
-        return
+        try:
+            prepare_dataset(name, Path(data_dir), num_clients=pool_size)
+        except OSError as err:
+            raise DataNotReadyError(
+                f"cannot prepare the {name} dataset in {root} ({err.strerror or err}): choose a "
+                "writable data_dir"
+            ) from None
     if not root.is_dir():
-        raise DataNotReadyError(f"{root} does not exist: prepare it with `{command}`")
-    raise DataNotReadyError(
-        f"{root} has no annotations or partitions for {pool_size} clients: run `{command}`"
+        raise DataNotReadyError(f"{root} is not a dataset folder: prepare it with `{command}`")
+    try:
+        check_prepared(dataset, root, pool_size)
+    except DataError as err:
+        raise DataNotReadyError(f"{err}: run `{command}`") from None
+
+
+def check_prepared(dataset: dict[str, Any], root: Path, pool_size: int) -> None:
+    """Check a prepared dataset: its split lists, every listed video's frames, its partitions.
+
+    Raises
+    ------
+    DataError
+        Naming the first file, record or video that is missing or malformed.
+    """
+    from fedvssl.data.annotations import read_annotations
+    from fedvssl.data.partitions import check_client_lists
+
+    num_classes = values.optional_integer(dataset, "num_classes", 1)
+    train, test = (
+        read_annotations(root / dataset[key], num_classes)
+        for key in ("train_annotations", "test_annotations")
     )
+    if dataset["frames"] == "zip":
+        missing = [
+            r["name"]
+            for r in train + test
+            if not (root / dataset["zip_template"].format(name=r["name"])).is_file()
+        ]
+        if missing:
+            example = root / dataset["zip_template"].format(name=missing[0])
+            raise DataError(f"{len(missing)} listed videos have no frames, e.g. {example}")
+    template = dataset["partition_template"]
+    paths = [root / template.format(client=n) for n in range(1, pool_size + 1)]
+    check_client_lists(train, paths, num_classes)
 
 
 def server_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> ServerSettings:
@@ -76,6 +123,7 @@ def server_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> Serv
         evaluate_every=int(cfg["evaluate_every"]),
         round_timeout=float(cfg["round_timeout"]),
         strategy=resolve_strategy(cfg["strategy"]),
+        stop_after_failed_rounds=int(cfg["stop_after_failed_rounds"]),
     )
 
 
@@ -131,23 +179,50 @@ def round_evaluation(cfg: dict[str, Any]) -> RoundEvaluation:
     )  # fmt: skip
 
 
+# The bounds of the pre-training config's values: below them a run would hang, crash in every
+# client, or train nothing (key: the least value).
+_AT_LEAST = {
+    "seed": 0, "pool_size": 1, "rounds": 1, "local_epochs": 1, "stop_after_failed_rounds": 1,
+    "batch_size": 1, "clip_len": 8, "crop_size": 8, "workers": 0, "model.width": 1,
+    "log_interval": 1, "evaluate_every": 0, "evaluation.num_clips": 1,
+    "evaluation.batch_size": 1,
+}  # fmt: skip
+_ABOVE_ZERO = ("round_timeout", "optimizer.lr", "optimizer.grad_clip", "client_resources.num_cpus")
+_NOT_NEGATIVE = ("optimizer.momentum", "optimizer.weight_decay", "client_resources.num_gpus")
+_FLAGS = ("pre_train", "resume", "bf16", "channels_last", "compile", "progress")
+
+
 def check_config(cfg: dict[str, Any]) -> None:
-    """Refuse settings that would hang or make no sense, with one clear line."""
-    pool, per_round = int(cfg["pool_size"]), int(cfg["clients_per_round"])
-    if pool < 1 or not 1 <= per_round <= pool:
+    """Refuse settings that would hang or make no sense, with one clear line naming the key."""
+    for key, least in _AT_LEAST.items():
+        values.integer(cfg, key, least)
+    for key in _ABOVE_ZERO:
+        values.number(cfg, key, above=0)
+    for key in _NOT_NEGATIVE:
+        values.number(cfg, key, at_least=0)
+    for key in _FLAGS:
+        values.flag(cfg, key)
+    values.optional_integer(cfg, "evaluation.max_videos", 1)
+    values.integers(cfg, "evaluation.ks", 1)
+    pool, per_round = int(cfg["pool_size"]), values.integer(cfg, "clients_per_round")
+    if not 1 <= per_round <= pool:
         raise ValueError(f"clients_per_round must be in [1, pool_size={pool}], got {per_round}")
-    if not 1 <= int(cfg["min_fit_clients"]) <= per_round:
+    if not 1 <= values.integer(cfg, "min_fit_clients") <= per_round:
         raise ValueError(
             f"min_fit_clients must be in [1, clients_per_round={per_round}], "
             f"got {cfg['min_fit_clients']}"
         )
     if int(cfg["clip_len"]) % 8 or int(cfg["crop_size"]) % 8:
         raise ValueError("clip_len and crop_size must be multiples of 8 (the backbone strides)")
-    for key in ("rounds", "local_epochs"):
-        if int(cfg[key]) < 1:
-            raise ValueError(f"{key} must be at least 1, got {cfg[key]}")
     resolve_strategy(cfg["strategy"])  # its aliases and ranges
     check_augment(cfg.get("augment", "cpu"), cfg["pretext"]["name"])
+    check_data_dir(str(cfg["data_dir"]))
+
+
+def check_data_dir(data_dir: str) -> None:
+    """Refuse a ``data_dir`` that is a file: prepared datasets are folders inside it."""
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise ValueError(f"data_dir={data_dir} is a file: point data_dir at a folder")
 
 
 def check_augment(augment: str, pretext: str) -> None:
