@@ -155,6 +155,12 @@ def test_finetune_config_from_a_pre_training_config(tmp_path: Path) -> None:
         (["frame_stride=0"], "frame_stride must be at least 1, got 0"),
         (["eval_batch_size=-2"], "eval_batch_size must be at least 1, got -2"),
         (["epochs=-1"], "epochs must be 0 (retrieval only) or more, got -1"),
+        (["batch_size=abc"], "batch_size must be an integer, got 'abc'"),
+        (
+            ["optimizer.milestones=60"],
+            "optimizer.milestones must be a list of integers, e.g. [1, 5], got 60",
+        ),
+        (["resume=maybe"], "resume must be true or false, got 'maybe'"),
     ],
 )
 def test_finetune_settings_are_typed_once_and_checked(

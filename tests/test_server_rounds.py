@@ -235,3 +235,15 @@ def test_a_resumed_run_is_refused_before_any_work_when_it_does_not_fit(tmp_path:
     assert "round-2-weights.array.npz: not a readable round checkpoint" in message
     assert "To resume from round 1, move round-2-weights.array.npz out of" in message
     assert "\n" not in message
+
+
+def test_a_redone_round_sets_the_interrupted_attempts_log_aside(tmp_path: Path) -> None:
+    from fedvssl.local_training import set_aside_interrupted_logs
+
+    for name in ("20250101_100000-round1.log.json", "20250101_100100-round2.log.json"):
+        (tmp_path / name).write_text("{}\n")
+    set_aside_interrupted_logs(tmp_path, 2)  # round 2 is trained again after a kill
+    assert sorted(p.name for p in tmp_path.glob("*.log.json")) == [
+        "20250101_100000-round1.log.json"
+    ]
+    assert (tmp_path / "interrupted" / "20250101_100100-round2.log.json").is_file()
