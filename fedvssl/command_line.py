@@ -25,8 +25,8 @@ from __future__ import annotations
 import difflib
 import itertools
 import logging
-import os
 import sys
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -191,6 +191,12 @@ def check_overrides(config_name: str, lines: list[str], multirun: bool) -> None:
             raise CommandLineError(f"{key} is already a key: write {line[1:]!r} without '+'")
 
 
+def _is_sweep(line: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return bool(OverridesParser.create().parse_override(line).is_sweep_override())
+
+
 def _first_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -198,17 +204,22 @@ def _first_existing(path: Path) -> Path:
 
 
 def check_run_folder(folder: str, key: str) -> None:
-    """Refuse a run folder that is not a folder (or lies under a file), or cannot be written."""
+    """Refuse a run folder that is not a folder (or lies under a file), or cannot be written.
+
+    Writing is tried, not asked (a superuser is refused by read-only file systems only): a
+    temporary file in the folder, or in the nearest folder above it that exists.
+    """
     path = Path(folder).absolute()
     existing = _first_existing(path)
     if not existing.is_dir():
         where = "is not a folder" if existing == path else f"lies under {existing}, not a folder"
         raise CommandLineError(f"{key}={folder} {where}: choose a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
         raise CommandLineError(
-            f"{key}={folder} cannot be written ({existing} is not writable): choose a writable "
-            "folder"
-        )
+            f"{key}={folder} cannot be written ({err.strerror or err}): choose a writable folder"
+        ) from None
 
 
 def command_line_problem(config_name: str, argv: list[str]) -> CommandLineError | None:
@@ -223,7 +234,8 @@ def command_line_problem(config_name: str, argv: list[str]) -> CommandLineError 
     name = args.config_name or config_name
     try:
         check_overrides(name, args.overrides, args.multirun)
-        cfg = _compose(name, [o for o in args.overrides if o.startswith("hydra.")], hydra=True)
+        chosen = [o for o in args.overrides if not _is_sweep(o)]  # a sweep does not compose
+        cfg = _compose(name, chosen, hydra=True)
         key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
         folder = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
         if isinstance(folder, str):

@@ -88,6 +88,11 @@ def load_splits(dataset: DatasetFiles, data_dir: str) -> tuple[list[Annotation],
             prepare_dataset(dataset.name, Path(data_dir))
         except DataError as err:
             raise DownstreamError(str(err)) from None
+        except OSError as err:
+            raise DownstreamError(
+                f"cannot prepare the {dataset.name} dataset in {root} ({err.strerror or err}): "
+                "choose a writable data_dir"
+            ) from None
     missing = [p for p in paths if not p.is_file()]
     if missing:
         command = f"python dataset_preparation.py --dataset {dataset.name} --data-dir {data_dir}"

@@ -259,9 +259,9 @@ def downstream(
         cfg["pretrained"], cfg.get("published_cache"), url=cfg.get("published_url", DRIVE_URL),
         progress=run.progress,
     )  # fmt: skip
+    state = load_backbone_state(pretrained) if pretrained else None
     fingerprint = finetune_fingerprint(cfg, pretrained)
     check_resumed(run, run_dir, fingerprint)
-    state = load_backbone_state(pretrained) if pretrained else None
     dataset = DatasetFiles.from_config(cfg["dataset"])
     train, test = load_splits(dataset, str(cfg["data_dir"]))
     num_classes = dataset.num_classes or max(a.label for a in train + test)

@@ -45,12 +45,13 @@ def pretrain(cfg: dict[str, Any], run_dir: str, accept: Callable[[], None]) -> f
     from fedvssl.client_app import make_client_app
     from fedvssl.fingerprint import pretraining_fingerprint, write_fingerprint
     from fedvssl.server_app import make_server_app, start_point
-    from fedvssl.simulation import simulate
+    from fedvssl.simulation import check_ray_init_args, simulate
 
     run = settings.pretraining(cfg, run_dir)
     server = run.server
     start = start_point(server, cfg)  # a run folder that does not fit: one line, before Ray
     evaluate_fn = settings.round_evaluator(run)
+    check_ray_init_args(cfg.get("ray_init_args"))  # a cluster out of reach
     accept()
     write_fingerprint(Path(run_dir), pretraining_fingerprint(cfg))
     sink: dict[str, Any] = {}
