@@ -7,7 +7,9 @@ Every entry point (``fedvssl.main``, ``fedvssl.finetune``, ``fedvssl.report``) w
 - **a lock** (``.fedvssl.lock``, an exclusive ``flock`` held by the running process): a second run
   in the same folder is refused with one line naming the first (its process, host, start time
   and command). The kernel drops the lock when its process dies, so a lock file left by a killed
-  run is noticed (it still names that run, but nobody holds it) and taken over with a warning;
+  run is noticed (it still names that run, but nobody holds it) and taken over with a warning,
+  which lists the processes of the killed run's group that still run (Ray's dashboard and
+  runtime-env agents outlive a SIGKILL of their run by a minute or two);
 - **the record held back**: Hydra is told not to write ``.hydra/`` (``hydra.output_subdir: null``
   in conf/) and its log file handler opens its file only when a line is written
   (``delay: true``); until :meth:`RunFolder.accept`, that handler is detached, so a run refused
@@ -99,17 +101,34 @@ def acquire_lock(run_dir: Path) -> int:
         os.close(fd)
     stale = _read_info(fd)
     if stale:
+        left = survivors(stale)
         logger.warning(
-            "%s: taking over the run folder from a run that ended without releasing it (%s)",
+            "%s: taking over the run folder from a run that ended without releasing it (%s)%s",
             run_dir, describe_holder(stale),
+            f"; processes of its group still run: {left} (Ray's helpers of a killed run end by "
+            "themselves within minutes)" if left else "",
         )  # fmt: skip
     info = {
-        "pid": os.getpid(), "host": socket.gethostname(),
+        "pid": os.getpid(), "pgid": os.getpgid(0), "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.orig_argv),
     }  # fmt: skip
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
     return fd
+
+
+def survivors(info: dict[str, Any]) -> list[int]:
+    """Return the processes still in the process group of a dead run (this host; Linux)."""
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pgid"), int):
+        return []
+    alive = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.getpgid(int(entry.name)) == info["pgid"] and int(entry.name) != os.getpid():
+                alive.append(int(entry.name))
+        except OSError:  # ended meanwhile
+            continue
+    return sorted(alive)
 
 
 def release_lock(run_dir: Path, fd: int) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import SMOKE
 
+from CtP.ctp import build_ctp
+from fedvssl.checkpoints import save_global_checkpoint
 from fedvssl.fingerprint import FingerprintError, differences, write_fingerprint
 from fedvssl.run_folder import (
     LOCK_FILE,
@@ -30,6 +34,7 @@ from fedvssl.run_folder import (
     RunFolderError,
     acquire_lock,
     release_lock,
+    survivors,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +75,14 @@ def test_a_second_run_is_refused_and_a_killed_runs_lock_taken_over(
     assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
     assert any("taking over" in line and "process 999999 on elsewhere" in line for line in warnings)
     release_lock(tmp_path, fd)
+
+    helper = subprocess.Popen(["sleep", "30"])  # a helper left in the killed run's group
+    try:
+        group = {"pid": 999999, "host": socket.gethostname(), "pgid": os.getpgid(0)}
+        assert helper.pid in survivors(group) and os.getpid() not in survivors(group)
+    finally:
+        helper.kill()
+        helper.wait()
 
 
 def test_the_log_and_hydra_record_are_written_only_by_an_accepted_run(tmp_path: Path) -> None:
@@ -112,8 +125,10 @@ def test_a_resumed_fine_tuning_must_be_the_same_run(tmp_path: Path) -> None:
     from fedvssl.finetune import downstream, finetune_fingerprint
 
     first, other = tmp_path / "a.npz", tmp_path / "b.npz"
-    first.write_bytes(b"one model")
-    other.write_bytes(b"another model")
+    for seed, path in enumerate((first, other)):
+        torch.manual_seed(seed)
+        model = build_ctp(width=4, clip_len=8)
+        save_global_checkpoint(path, {k: v.numpy() for k, v in model.state_dict().items()})
     run_dir = tmp_path / "run"
     made = finetune_config(tmp_path, f"pretrained={first}")
     write_fingerprint(run_dir, finetune_fingerprint(made, str(first)))
