@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.scratch is None:
             shutil.rmtree(root, ignore_errors=True)
     text = json.dumps(rows).replace(str(scratch.root), "<scratch>")
-    rows = json.loads(text)  # the scratch folder's path is nobody's business
+    rows = json.loads(text.replace(sys.executable, "python"))  # no machine's paths in the report
     only = f" --only {args.only!r}" if args.only else ""
     report = {
         "command": f"python -m benchmarks.probe_inputs{only}",
