@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any, cast
 from flwr.app import Context
 
 if TYPE_CHECKING:
-    from fedvssl.client_data import ClientSettings
     from fedvssl.run_folder import RunFolder
-    from fedvssl.server_app import EvaluateFn, ServerSettings, StartPoint
+    from fedvssl.server_app import StartPoint
+    from fedvssl.settings import ClientSettings, EvaluateFn, ServerSettings
 
 logger = logging.getLogger("fedvssl")
 

@@ -20,8 +20,8 @@ After ``stop_after_failed_rounds`` such rounds in a row, or when the last round 
 stops and its history says why (:attr:`History.stopped`, the first client error included); so
 does a round whose aggregate is not finite. ``python -m fedvssl.main`` then exits with status 1.
 
-``make_server_app`` builds the app of ``python -m fedvssl.main``; the module-level ``app`` is the
-one ``flwr run`` loads, configured from its run config (:mod:`fedvssl.run_config`).
+``make_server_app`` builds the app of ``python -m fedvssl.main``; the app ``flwr run`` loads is
+:data:`fedvssl.flower_apps.serverapp`, configured from its run config (:mod:`fedvssl.run_config`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -49,37 +48,10 @@ from fedvssl.checkpoints import (
 )
 from fedvssl.fingerprint import check_fingerprint, pretraining_fingerprint
 from fedvssl.history import History, RoundRecord
-from fedvssl.settings import RunFailedError, RunStateError
-from fedvssl.strategy import FedVSSL, Layout, StrategySettings, layout_of
+from fedvssl.settings import EvaluateFn, RunStateError, ServerSettings
+from fedvssl.strategy import FedVSSL, Layout, layout_of
 
 logger = logging.getLogger(__name__)
-
-EvaluateFn = Callable[[int, dict[str, np.ndarray]], dict[str, float]]
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """The server's part of the run config."""
-
-    run_dir: str
-    rounds: int
-    pool_size: int
-    clients_per_round: int
-    min_fit_clients: int
-    seed: int
-    width: int
-    clip_len: int
-    pretext: Pretext  # the pretext task (conf/pretext/, conf/ctp/): builds the initial model
-    resume: bool
-    evaluate_every: int
-    round_timeout: float
-    strategy: StrategySettings
-    stop_after_failed_rounds: int = 1  # rounds in a row that aggregate nothing before the run stops
-
-    @property
-    def results_dir(self) -> Path:
-        """``<run dir>/fedvssl_results``, where the original wrote its checkpoints."""
-        return Path(self.run_dir) / "fedvssl_results"
 
 
 def initial_state(pretext: Pretext, width: int, clip_len: int, seed: int) -> dict[str, np.ndarray]:
@@ -380,27 +352,3 @@ def make_server_app(
             sink["history"] = history
 
     return app
-
-
-# The app of ``flwr run`` (pyproject.toml [tool.flwr.app.components]): the same rounds, with the
-# settings composed from the run config (fedvssl.run_config) in the ServerApp's own process.
-app = ServerApp()
-
-
-@app.main()
-def flower_main(grid: Grid, context: Context) -> None:
-    """Compose the config from ``context.run_config`` and serve the run it describes."""
-    from fedvssl.run_config import run_dir_of, server_run
-    from fedvssl.run_folder import RunFolder
-    from fedvssl.settings import user_errors
-
-    try:
-        with RunFolder(run_dir_of(context)) as folder:
-            settings, start, evaluate_fn = server_run(context, folder)
-            history = serve(grid, settings, start, evaluate_fn)
-    except user_errors() as err:  # one clear line; Flower then marks the run failed
-        logger.error("error: %s", err)
-        raise
-    if history.stopped:  # Flower marks the run failed
-        logger.error("error: %s", history.stopped)
-        raise RunFailedError(history.stopped)

@@ -1,32 +1,114 @@
 """A pre-training run's typed settings, made once from the composed config.
 
 The config (Hydra's, or a Flower run config composed onto it by :mod:`fedvssl.run_config`)
-is a plain dict. Everything downstream takes the small frozen settings built here: the
-server's (``ServerSettings``), the clients' (``ClientSettings``) and the per-round retrieval's
-(``RoundEvaluation``). Both routes, ``python -m fedvssl.main`` and ``flwr run``, call
-:func:`pretraining`, so they run the same settings.
+is a plain dict. Everything downstream takes the small frozen settings defined or built here:
+the server's (:class:`ServerSettings`), the clients' (:class:`ClientSettings`) and the
+per-round retrieval's (``RoundEvaluation``). Both routes, ``python -m fedvssl.main`` and
+``flwr run``, call :func:`pretraining`, so they run the same settings.
+
+This is the package's lowest module: it imports no other module of the pre-training (and no
+torch), so the server, the clients and both entry points can all import it.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from fedvssl import config_values as values
 from fedvssl.data.errors import DataError
-from fedvssl.strategy_config import resolve_strategy
+from fedvssl.strategy_config import StrategySettings, resolve_strategy
 
 if TYPE_CHECKING:
     from CtP.pretext import Pretext
-    from fedvssl.client_data import ClientSettings
     from fedvssl.evaluation import RoundEvaluation
-    from fedvssl.server_app import EvaluateFn, ServerSettings
 
 logger = logging.getLogger("fedvssl")
 
 AUGMENT_CHOICES = ("auto", "cpu", "device")  # where CtP clips are decoded and augmented
+
+
+# The server's per-round evaluation of the global model: (round, arrays by key) -> metrics.
+EvaluateFn = Callable[[int, dict[str, np.ndarray]], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The server's part of the run config."""
+
+    run_dir: str
+    rounds: int
+    pool_size: int
+    clients_per_round: int
+    min_fit_clients: int
+    seed: int
+    width: int
+    clip_len: int
+    pretext: Pretext  # the pretext task (conf/pretext/, conf/ctp/): builds the initial model
+    resume: bool
+    evaluate_every: int
+    round_timeout: float
+    strategy: StrategySettings
+    stop_after_failed_rounds: int = 1  # rounds in a row that aggregate nothing before the run stops
+
+    @property
+    def results_dir(self) -> Path:
+        """``<run dir>/fedvssl_results``, where the original wrote its checkpoints."""
+        return Path(self.run_dir) / "fedvssl_results"
+
+
+def _ctp() -> Pretext:
+    from CtP.recipe import CtPRecipe  # torch: only when a client is made without a pretext
+
+    return CtPRecipe()
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything a client needs, from the run's config (plain values, picklable for Ray)."""
+
+    results_dir: str  # <run dir>/fedvssl_results
+    dataset_root: str
+    frames: str  # "zip" or "video"
+    zip_template: str
+    video_template: str
+    partition_template: str  # relative to dataset_root, with {client}
+    width: int
+    clip_len: int
+    crop_size: int
+    batch_size: int
+    workers: int
+    local_epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    grad_clip: float
+    seed: int
+    bf16: bool
+    channels_last: bool
+    log_interval: int
+    progress: bool
+    num_threads: int  # torch threads of a CPU client (its Ray num_cpus)
+    pretext: Pretext = field(default_factory=_ctp)  # conf/pretext/ (and conf/ctp/ for CtP)
+    annotations: str | None = None  # a node's own annotation list, instead of its partition file
+    augment: str = "cpu"  # where CtP clips are decoded and augmented: auto, cpu or device
+    compile: bool = False  # torch.compile the model
+
+    def client_dir(self, partition_id: int) -> Path:
+        """``client{N}``, N = partition id + 1, as the original numbers clients."""
+        return Path(self.results_dir) / f"client{partition_id + 1}"
+
+    def partition_file(self, partition_id: int) -> Path:
+        """Return the annotation file of a client's videos (the node's own list, if it has one)."""
+        if self.annotations:
+            return Path(self.annotations)
+        name = self.partition_template.format(client=partition_id + 1)
+        return Path(self.dataset_root) / name
 
 
 class RunStateError(RuntimeError):
@@ -107,8 +189,6 @@ def check_prepared(dataset: dict[str, Any], root: Path, pool_size: int) -> None:
 
 def server_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> ServerSettings:
     """Read the server's settings from the composed config."""
-    from fedvssl.server_app import ServerSettings
-
     return ServerSettings(
         run_dir=run_dir,
         rounds=int(cfg["rounds"]),
@@ -129,8 +209,6 @@ def server_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> Serv
 
 def client_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> ClientSettings:
     """Read the clients' settings from the composed config."""
-    from fedvssl.client_data import ClientSettings
-
     dataset, optimizer = cfg["dataset"], cfg["optimizer"]
     return ClientSettings(
         results_dir=str(Path(run_dir) / "fedvssl_results"),
@@ -242,8 +320,6 @@ def user_errors() -> tuple[type[Exception], ...]:
     It imports no torch, so that bad input ends at once. The config and checkpoint errors
     (``StrategyConfigError``, ``CheckpointError``, ``RunConfigError``, ...) are ValueErrors.
     """
-    from fedvssl.data.errors import DataError
-
     return DataError, DataNotReadyError, RunStateError, ValueError, FileNotFoundError
 
 
