@@ -120,7 +120,7 @@ class RunFailedError(RuntimeError):
 
 
 class DataNotReadyError(RuntimeError):
-    """The dataset folder or a client partition is missing."""
+    """A dataset's folder, list, frames or client partition is missing or malformed."""
 
 
 def ensure_dataset(dataset: dict[str, Any], data_dir: str, pool_size: int) -> None:
@@ -130,9 +130,10 @@ def ensure_dataset(dataset: dict[str, Any], data_dir: str, pool_size: int) -> No
     ------
     DataNotReadyError
         Naming what is missing or malformed (a file and its record, a video without frames, a
-        partition that does not split the train list) and the command that prepares it.
+        partition listing a video that is not a train video) and the command that prepares it.
     """
     from fedvssl.data.preparation import dataset_is_prepared, prepare_dataset
+    from fedvssl.data.prepared import check_prepared
 
     root = Path(dataset["root"])
     name = dataset["name"]
@@ -151,40 +152,16 @@ def ensure_dataset(dataset: dict[str, Any], data_dir: str, pool_size: int) -> No
             ) from None
     if not root.is_dir():
         raise DataNotReadyError(f"{root} is not a dataset folder: prepare it with `{command}`")
+    template = dataset["partition_template"]
     try:
-        check_prepared(dataset, root, pool_size)
+        check_prepared(
+            root, (dataset["train_annotations"], dataset["test_annotations"]),
+            [template.format(client=n) for n in range(1, pool_size + 1)],
+            zip_template=dataset["zip_template"] if dataset["frames"] == "zip" else None,
+            num_classes=values.optional_integer(dataset, "num_classes", 1),
+        )  # fmt: skip
     except DataError as err:
         raise DataNotReadyError(f"{err}: run `{command}`") from None
-
-
-def check_prepared(dataset: dict[str, Any], root: Path, pool_size: int) -> None:
-    """Check a prepared dataset: its split lists, every listed video's frames, its partitions.
-
-    Raises
-    ------
-    DataError
-        Naming the first file, record or video that is missing or malformed.
-    """
-    from fedvssl.data.annotations import read_annotations
-    from fedvssl.data.partitions import check_client_lists
-
-    num_classes = values.optional_integer(dataset, "num_classes", 1)
-    train, test = (
-        read_annotations(root / dataset[key], num_classes)
-        for key in ("train_annotations", "test_annotations")
-    )
-    if dataset["frames"] == "zip":
-        missing = [
-            r["name"]
-            for r in train + test
-            if not (root / dataset["zip_template"].format(name=r["name"])).is_file()
-        ]
-        if missing:
-            example = root / dataset["zip_template"].format(name=missing[0])
-            raise DataError(f"{len(missing)} listed videos have no frames, e.g. {example}")
-    template = dataset["partition_template"]
-    paths = [root / template.format(client=n) for n in range(1, pool_size + 1)]
-    check_client_lists(train, paths, num_classes)
 
 
 def server_settings(cfg: dict[str, Any], run_dir: str, pretext: Pretext) -> ServerSettings:
