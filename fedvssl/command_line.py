@@ -27,7 +27,7 @@ import itertools
 import logging
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +55,13 @@ def _groups() -> dict[str, list[str]]:
     }
 
 
-def _keys(cfg: Any, prefix: str = "") -> set[str]:
-    """Every key of a composed config, nodes and leaves, dotted."""
-    from omegaconf import DictConfig
-
+def _keys(tree: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """Every key of a config tree, nodes and leaves, dotted."""
     keys: set[str] = set()
-    for key in cfg:
-        name = f"{prefix}{key}"
-        keys.add(name)
-        node = cfg._get_node(key)
-        if isinstance(node, DictConfig):
-            keys |= _keys(node, f"{name}.")
+    for key, value in tree.items():
+        keys |= {f"{prefix}{key}"} | (
+            _keys(value, f"{prefix}{key}.") if isinstance(value, Mapping) else set()
+        )
     return keys
 
 
@@ -77,6 +73,13 @@ def _compose(config_name: str, overrides: Sequence[str], hydra: bool = False) ->
         return compose(config_name, overrides=list(overrides), return_hydra_config=hydra)
     with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="check"):
         return compose(config_name, overrides=list(overrides), return_hydra_config=hydra)
+
+
+def _composed_keys(config_name: str, overrides: Sequence[str] = ()) -> set[str]:
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(_compose(config_name, overrides), resolve=False)
+    return _keys({str(k): v for k, v in tree.items()}) if isinstance(tree, dict) else set()
 
 
 def nearest(key: str, known: Iterable[str]) -> str | None:
@@ -136,11 +139,11 @@ def _known_keys(config_name: str, choices: list[list[str]]) -> tuple[set[str], s
     """Return the keys of the composed configs, and those of the open sections (added with +)."""
     present: set[str] = set()
     for overrides in choices:
-        present |= _keys(_compose(config_name, overrides))
+        present |= _composed_keys(config_name, overrides)
     passed_on: set[str] = set()
     for section, other in OPEN_SECTIONS.get(config_name, {}).items():
         if other is not None:
-            passed_on |= {section} | {f"{section}.{k}" for k in _keys(_compose(other, []))}
+            passed_on |= {section} | {f"{section}.{k}" for k in _composed_keys(other)}
     return present, passed_on - present
 
 
