@@ -93,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.plot is not None:
         title = f"{args.annotations.name}: {args.scheme}, {len(clients)} clients"
-        print(f"plot: {plot_label_distribution(clients, args.plot, title)}")
+        try:
+            print(f"plot: {plot_label_distribution(clients, args.plot, title)}")
+        except OSError as err:
+            message = f"cannot write the plot {args.plot} ({err.strerror or err})"
+            print(f"{parser.prog}: error: {message}", file=sys.stderr)
+            return 2
     return 0
 
 

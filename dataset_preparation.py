@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # an unwritable --data-dir, a full disk: the file and the reason
+        print(f"{parser.prog}: error: {err}; choose another --data-dir", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

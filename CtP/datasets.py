@@ -1,7 +1,7 @@
 """Video datasets over annotation JSON: frames from CtP zips of JPEGs, or from video files.
 
-An annotation file is a JSON list of ``{"name": "Class/video", "label": 1-based int}``. Two frame
-sources read a video by name:
+An annotation file is a JSON list of ``{"name": "Class/video", "label": 1-based int}``, read and
+checked by :mod:`CtP.annotations` (re-exported here). Two frame sources read a video by name:
 
 - :class:`ZipFrameSource`: the CtP layout ``<root>/zips/<Class>/<video>.zip`` holding
   ``img_00001.jpg``, ``img_00002.jpg``, ... (one JPEG per frame, every frame of the video);
@@ -21,11 +21,9 @@ number of workers.
 
 from __future__ import annotations
 
-import json
 import logging
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from CtP.annotations import Annotation
+from CtP.annotations import load_annotations as load_annotations  # re-exported
 from CtP.sampling import random_clip_indices, uniform_clip_indices
 
 logger = logging.getLogger(__name__)
@@ -44,44 +44,6 @@ IndexChooser = Callable[[int], np.ndarray]  # number of frames -> 0-based frame 
 
 class VideoReadError(RuntimeError):
     """A video could not be read: missing, corrupt, or without frames."""
-
-
-@dataclass(frozen=True)
-class Annotation:
-    """One video of an annotation file."""
-
-    name: str  # "Class/video"
-    label: int  # 1-based, as written by the preparation step
-
-
-def load_annotations(path: str | Path) -> list[Annotation]:
-    """Read an annotation JSON file (a list of ``{"name", "label"}`` objects).
-
-    Parameters
-    ----------
-    path
-        The JSON file.
-
-    Returns
-    -------
-    list[Annotation]
-        The videos, in file order.
-
-    Raises
-    ------
-    ValueError
-        If the file is missing or not in the annotation format.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"annotation file {path} does not exist")
-    try:
-        items = json.loads(path.read_text())
-        return [Annotation(name=str(item["name"]), label=int(item["label"])) for item in items]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(
-            f"annotation file {path} is not a JSON list of {{'name', 'label'}} objects ({err})"
-        ) from err
 
 
 class FrameSource(Protocol):

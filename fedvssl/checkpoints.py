@@ -183,12 +183,31 @@ def load_global_checkpoint(path: Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise _fail(
             path,
-            f"not a plain-array checkpoint ({error})",
-            "use load_backbone_state for published or pickled layouts",
+            f"not a readable round checkpoint ({' '.join(str(error).split())})",
+            "it is damaged or was not written by fedvssl.main",
         ) from None
     if not state:
         raise _fail(path, "the checkpoint holds no arrays", "point to a round checkpoint")
+    check_finite(path, state)
     return state
+
+
+def check_finite(path: Path, state: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+    """Refuse a loaded state holding NaN or inf: a diverged model, or a damaged file.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file and its first non-finite entry.
+    """
+    for key, array in state.items():
+        values = array.detach().cpu().float().numpy() if isinstance(array, torch.Tensor) else array
+        if not np.isfinite(values).all():
+            raise _fail(
+                path,
+                f"{key} holds non-finite values (NaN or inf)",
+                "the model diverged or the file is damaged: use another checkpoint",
+            )
 
 
 # ---------------------------------------------------------------- any layout -> backbone state
@@ -245,6 +264,7 @@ def _as_tensor(path: Path, name: str, value: object, shape: tuple[int, ...]) -> 
             f"{name} has shape {tuple(tensor.shape)}, expected {shape}",
             "the file does not hold an R3D-18 backbone of the CtP layout",
         )
+    check_finite(path, {name: tensor})
     if name.endswith("num_batches_tracked"):  # averaged counts were saved as float64
         return torch.round(tensor.double()).to(torch.int64)
     return tensor.to(torch.float32).contiguous()

@@ -17,8 +17,8 @@ starts a process per message). A client uses the GPU when it has one (``client_r
 under Ray).
 
 ``make_client_app`` builds the app of ``python -m fedvssl.main`` from settings made once; the
-module-level ``app`` is the one ``flwr run`` loads, which makes them from the run config and the
-node's node config (partition, data, results folder: :mod:`fedvssl.run_config`).
+app ``flwr run`` loads, :data:`fedvssl.flower_apps.clientapp`, makes them from the run config and
+the node's node config (partition, data, results folder: :mod:`fedvssl.run_config`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import cast
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedvssl.client_data import ClientSettings
 from fedvssl.local_training import train_locally
+from fedvssl.settings import ClientSettings
 from fedvssl.simulation import quiet_flower_logging
 
 logger = logging.getLogger(__name__)
@@ -96,19 +96,3 @@ def make_client_app(settings: ClientSettings) -> ClientApp:
 
     app.query()(partition_reply)
     return app
-
-
-# The app of ``flwr run`` (pyproject.toml [tool.flwr.app.components]): the same local training,
-# with settings composed from the run config and this node's node config (fedvssl.run_config).
-app = ClientApp()
-
-
-@app.train()
-def flower_train(msg: Message, context: Context) -> Message:
-    """Train with the settings of this run on this node."""
-    from fedvssl.run_config import node_client_settings
-
-    return train_reply(node_client_settings, msg, context)
-
-
-app.query()(partition_reply)

@@ -1,4 +1,4 @@
-"""A client process's data: its settings, its partition's pretext samples, one lasting loader.
+"""A client process's data: its partition's pretext samples and one lasting loader.
 
 A Ray actor (or any long-lived client process) trains many clients over many rounds. Building a
 DataLoader each round would start its worker processes each round; instead the process keeps one
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,57 +34,12 @@ from CtP.datasets import (
     open_frame_source,
 )
 from CtP.device_augmentation import PlannedClips, collate_planned
-from CtP.pretext import Pretext
 from CtP.recipe import CtPRecipe
 from CtP.train import make_loader
 from fedvssl.data.video_files import video_file_names
-from fedvssl.settings import check_augment
+from fedvssl.settings import ClientSettings, check_augment
 
 Key = tuple[int, int, int]  # (partition, epoch, position in the partition)
-
-
-@dataclass(frozen=True)
-class ClientSettings:
-    """Everything a client needs, from the run's config (plain values, picklable for Ray)."""
-
-    results_dir: str  # <run dir>/fedvssl_results
-    dataset_root: str
-    frames: str  # "zip" or "video"
-    zip_template: str
-    video_template: str
-    partition_template: str  # relative to dataset_root, with {client}
-    width: int
-    clip_len: int
-    crop_size: int
-    batch_size: int
-    workers: int
-    local_epochs: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    grad_clip: float
-    seed: int
-    bf16: bool
-    channels_last: bool
-    log_interval: int
-    progress: bool
-    num_threads: int  # torch threads of a CPU client (its Ray num_cpus)
-    pretext: Pretext = field(default_factory=CtPRecipe)  # conf/pretext/ (and conf/ctp/ for CtP)
-    annotations: str | None = None  # a node's own annotation list, instead of its partition file
-    videos: str | None = None  # a node's own folder of video files, read in place (no lists)
-    augment: str = "cpu"  # where CtP clips are decoded and augmented: auto, cpu or device
-    compile: bool = False  # torch.compile the model
-
-    def client_dir(self, partition_id: int) -> Path:
-        """``client{N}``, N = partition id + 1, as the original numbers clients."""
-        return Path(self.results_dir) / f"client{partition_id + 1}"
-
-    def partition_file(self, partition_id: int) -> Path:
-        """Return the annotation file of a client's videos (the node's own list, if it has one)."""
-        if self.annotations:
-            return Path(self.annotations)
-        name = self.partition_template.format(client=partition_id + 1)
-        return Path(self.dataset_root) / name
 
 
 def augments_on_device(settings: ClientSettings, device: torch.device) -> bool:

@@ -26,6 +26,7 @@ from CtP.datasets import (
 )
 from CtP.retrieval import RetrievalModel, build_retrieval_model, evaluate_retrieval
 from CtP.transforms import EvalTransform
+from fedvssl import config_values as values
 from fedvssl.data.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class DatasetFiles:
     test_annotations: str
     auto_prepare: bool  # prepare it on first use (the synthetic dataset)
     flip_changes_label: bool  # a horizontal flip turns one class into another
+    num_classes: int | None = None  # labels 1..num_classes; None: as many as the largest label
 
     @classmethod
     def from_config(cls, dataset: Config) -> DatasetFiles:
@@ -63,6 +65,7 @@ class DatasetFiles:
             test_annotations=str(dataset["test_annotations"]),
             auto_prepare=bool(dataset.get("auto_prepare", False)),
             flip_changes_label=bool(dataset.get("flip_changes_label", False)),
+            num_classes=values.optional_integer(dataset, "num_classes", 1),
         )  # fmt: skip
 
     def frame_source(self) -> FrameSource:
@@ -85,11 +88,16 @@ def load_splits(dataset: DatasetFiles, data_dir: str) -> tuple[list[Annotation],
             prepare_dataset(dataset.name, Path(data_dir))
         except DataError as err:
             raise DownstreamError(str(err)) from None
+        except OSError as err:
+            raise DownstreamError(
+                f"cannot prepare the {dataset.name} dataset in {root} ({err.strerror or err}): "
+                "choose a writable data_dir"
+            ) from None
     missing = [p for p in paths if not p.is_file()]
     if missing:
         command = f"python dataset_preparation.py --dataset {dataset.name} --data-dir {data_dir}"
         raise DownstreamError(f"{missing[0]} does not exist: prepare the data with `{command}`")
-    train, test = (load_annotations(p) for p in paths)
+    train, test = (load_annotations(p, dataset.num_classes) for p in paths)
     if not train or not test:
         raise DownstreamError(f"the annotations in {root} list no train or no test video")
     return train, test

@@ -19,6 +19,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ from CtP.datasets import Annotation, ClipDataset, FrameSource, MultiClipDataset,
 from CtP.retrieval import build_retrieval_model, extract_features, retrieval_metrics
 from CtP.train import build_optimizer, make_loader, train_one_epoch
 from CtP.transforms import FinetuneAugmentation
-from fedvssl.checkpoints import CheckpointError, load_backbone_state
+from fedvssl.checkpoints import CheckpointError, check_finite, load_backbone_state
+from fedvssl.command_line import check_command_line
 from fedvssl.data.atomic import atomic_path, write_bytes_atomic
 from fedvssl.evaluation import (
     Config,
@@ -45,7 +47,15 @@ from fedvssl.evaluation import (
     pick_device,
 )
 from fedvssl.finetune_settings import FinetuneSettings
+from fedvssl.fingerprint import (
+    FINETUNE_FREE,
+    check_fingerprint,
+    deciding,
+    file_hash,
+    write_fingerprint,
+)
 from fedvssl.published import DRIVE_URL, resolve_checkpoint
+from fedvssl.run_folder import RunFolder, hydra_record
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +134,12 @@ def resume_point(
         return 1, None
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
+        check_finite(path, saved["model"])
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+    except CheckpointError as err:
+        raise DownstreamError(f"{err}; or use a new hydra.run.dir") from None
     except Exception as err:  # unreadable, or another model: torch raises many types
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DownstreamError(
@@ -214,8 +227,31 @@ def check_run_dir(run: FinetuneSettings, run_dir: Path) -> None:
         )
 
 
-def downstream(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
-    """Run retrieval, then fine-tuning and test; write and return ``results.json``'s content."""
+def check_resumed(run: FinetuneSettings, run_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """Refuse to resume with other settings or another pre-trained file than the folder's run.
+
+    Resuming reuses ``retrieval.json`` and continues ``last.pt``: both must come from the same
+    deciding settings and pre-trained file (:mod:`fedvssl.fingerprint`).
+    """
+    if run.resume and any((run_dir / name).is_file() for name in ("last.pt", "retrieval.json")):
+        check_fingerprint(run_dir, fingerprint)
+
+
+def finetune_fingerprint(cfg: Config, pretrained: str | None) -> dict[str, Any]:
+    """Return the deciding settings of a fine-tuning: its config and the pre-trained file's hash."""
+    return deciding(cfg, FINETUNE_FREE) | {
+        "pretrained_sha256": file_hash(pretrained) if pretrained else None
+    }
+
+
+def downstream(
+    cfg: Config, run_dir: str | Path, accept: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Run retrieval, then fine-tuning and test; write and return ``results.json``'s content.
+
+    Every check that can refuse the run comes before ``accept()``, which makes the run the owner
+    of its folder (:class:`fedvssl.run_folder.RunFolder`); then its fingerprint is written.
+    """
     started, run_dir = time.perf_counter(), Path(run_dir)
     run = FinetuneSettings.from_config(cfg)
     check_run_dir(run, run_dir)
@@ -224,10 +260,15 @@ def downstream(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
         progress=run.progress,
     )  # fmt: skip
     state = load_backbone_state(pretrained) if pretrained else None
+    fingerprint = finetune_fingerprint(cfg, pretrained)
+    check_resumed(run, run_dir, fingerprint)
     dataset = DatasetFiles.from_config(cfg["dataset"])
     train, test = load_splits(dataset, str(cfg["data_dir"]))
-    num_classes = max(a.label for a in train + test)
+    num_classes = dataset.num_classes or max(a.label for a in train + test)
     width = int(state["stem.conv.weight"].shape[0]) if state else run.width
+    if accept is not None:
+        accept()
+    write_fingerprint(run_dir, fingerprint)
     logger.info(
         "%s: %d train / %d test videos, %d classes; backbone %s (width %d) on %s",
         dataset.name, len(train), len(test), num_classes, pretrained or "random",
@@ -297,7 +338,9 @@ def finetune_config(cfg: Config, pretrained: str | None) -> Config:
     return {str(k): v for k, v in plain.items()}
 
 
-def run_downstream(cfg: Config, run_dir: str, pretrained: str | None) -> None:
+def run_downstream(
+    cfg: Config, run_dir: str, pretrained: str | None, accept: Callable[[], None] | None = None
+) -> None:
     """Run retrieval and fine-tuning from a pre-training config (``pre_train=false``).
 
     Parameters
@@ -308,8 +351,10 @@ def run_downstream(cfg: Config, run_dir: str, pretrained: str | None) -> None:
         Where ``results.json`` and the fine-tuning checkpoints go.
     pretrained : str or None
         The checkpoint (None: a random backbone).
+    accept : callable, optional
+        Called once every check has passed (see :func:`downstream`).
     """
-    downstream(finetune_config(cfg, pretrained), run_dir)
+    downstream(finetune_config(cfg, pretrained), run_dir, accept)
 
 
 USER_ERRORS = (DownstreamError, CheckpointError, ValueError, FileNotFoundError)
@@ -320,12 +365,18 @@ def main(cfg: DictConfig) -> None:
     """Run the Hydra entry point."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
+    run_dir = HydraConfig.get().runtime.output_dir
     try:
-        downstream({str(k): v for k, v in plain.items()}, HydraConfig.get().runtime.output_dir)
+        with RunFolder(run_dir) as folder:
+            record = hydra_record(cfg)
+            downstream(
+                {str(k): v for k, v in plain.items()}, run_dir, lambda: folder.accept(record)
+            )
     except USER_ERRORS as err:
         logger.error("error: %s", err)
         sys.exit(2)
 
 
 if __name__ == "__main__":
+    check_command_line("finetune")
     main()

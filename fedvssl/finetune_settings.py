@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fedvssl import config_values as values
+from fedvssl.config_values import ConfigValueError
 from fedvssl.evaluation import DownstreamError
 
 # Settings that must be at least 1 (epochs may be 0: retrieval only).
@@ -62,28 +64,38 @@ class FinetuneSettings:
         Raises
         ------
         DownstreamError
-            With one line naming the first value out of range.
+            With one line naming the first value of the wrong type or out of range.
         """
+        try:
+            return cls._from_config(cfg)
+        except ConfigValueError as err:
+            raise DownstreamError(str(err)) from None
+
+    @classmethod
+    def _from_config(cls, cfg: Mapping[str, Any]) -> FinetuneSettings:
         for key in POSITIVE_KEYS:
-            if int(cfg[key]) < 1:
-                raise DownstreamError(f"{key} must be at least 1, got {cfg[key]}")
-        if int(cfg["epochs"]) < 0:
+            values.integer(cfg, key, 1)
+        if values.integer(cfg, "epochs") < 0:
             raise DownstreamError(f"epochs must be 0 (retrieval only) or more, got {cfg['epochs']}")
-        opt = cfg["optimizer"]
         return cls(
-            seed=int(cfg["seed"]), resume=bool(cfg["resume"]), retrieval=bool(cfg["retrieval"]),
-            recall_ks=tuple(int(k) for k in cfg["recall_ks"]), epochs=int(cfg["epochs"]),
+            seed=values.integer(cfg, "seed", 0), resume=values.flag(cfg, "resume"),
+            retrieval=values.flag(cfg, "retrieval"),
+            recall_ks=values.integers(cfg, "recall_ks", 1), epochs=int(cfg["epochs"]),
             batch_size=int(cfg["batch_size"]), clip_len=int(cfg["clip_len"]),
             frame_stride=int(cfg["frame_stride"]), crop_size=int(cfg["crop_size"]),
             num_clips=int(cfg["num_clips"]), eval_batch_size=int(cfg["eval_batch_size"]),
-            workers=int(cfg["workers"]), width=int(cfg["model"]["width"]),
-            dropout=float(cfg["model"]["dropout"]),
+            workers=values.integer(cfg, "workers", 0), width=values.integer(cfg, "model.width", 1),
+            dropout=values.number(cfg, "model.dropout", at_least=0),
             optimisation=Optimisation(
-                lr=float(opt["lr"]), momentum=float(opt["momentum"]),
-                weight_decay=float(opt["weight_decay"]), grad_clip=float(opt["grad_clip"]),
-                milestones=tuple(int(m) for m in opt["milestones"]), gamma=float(opt["gamma"]),
+                lr=values.number(cfg, "optimizer.lr", above=0),
+                momentum=values.number(cfg, "optimizer.momentum", at_least=0),
+                weight_decay=values.number(cfg, "optimizer.weight_decay", at_least=0),
+                grad_clip=values.number(cfg, "optimizer.grad_clip", above=0),
+                milestones=values.integers(cfg, "optimizer.milestones", 1),
+                gamma=values.number(cfg, "optimizer.gamma", above=0),
             ),
-            validate_every=int(cfg["validate_every"]), bf16=bool(cfg["bf16"]),
-            channels_last=bool(cfg["channels_last"]), log_interval=int(cfg["log_interval"]),
-            progress=bool(cfg["progress"]),
+            validate_every=values.integer(cfg, "validate_every", 0),
+            bf16=values.flag(cfg, "bf16"), channels_last=values.flag(cfg, "channels_last"),
+            log_interval=values.integer(cfg, "log_interval", 1),
+            progress=values.flag(cfg, "progress"),
         )  # fmt: skip

@@ -25,6 +25,10 @@ from fedvssl.data.atomic import atomic_path, write_bytes_atomic
 logger = logging.getLogger(__name__)
 
 
+class HistoryError(ValueError):
+    """A ``metrics.json`` that cannot be read back; the message names it."""
+
+
 @dataclass
 class RoundRecord:
     """What happened in one round."""
@@ -56,15 +60,28 @@ class History:
         self.config = config or {}
         self.rounds: list[RoundRecord] = []
         self.initial_evaluation: dict[str, float] = {}
+        self.stopped: str | None = None  # why the run stopped before its last round, if it did
 
     @classmethod
     def resume(cls, path: Path, config: dict[str, Any], last_round: int) -> History:
-        """Load an earlier run's history, keeping rounds up to ``last_round``."""
+        """Load an earlier run's history, keeping rounds up to ``last_round``.
+
+        Raises
+        ------
+        HistoryError
+            If the file is there but cannot be read as a history (naming it).
+        """
         history = cls(path, config)
         if path.is_file():
-            data = json.loads(path.read_text())
-            history.initial_evaluation = data.get("initial_evaluation", {})
-            rounds = [RoundRecord(**r) for r in data.get("rounds", [])]
+            try:
+                data = json.loads(path.read_text())
+                history.initial_evaluation = dict(data.get("initial_evaluation") or {})
+                rounds = [RoundRecord(**r) for r in data.get("rounds", [])]
+            except (ValueError, TypeError, AttributeError) as err:
+                raise HistoryError(
+                    f"{path} cannot be read ({' '.join(str(err).split())}): restore it, or move "
+                    "it aside to resume without the earlier rounds' records"
+                ) from None
             history.rounds = [r for r in rounds if r.round <= last_round]
         return history
 
@@ -73,12 +90,18 @@ class History:
         self.rounds.append(record)
         self.save()
 
+    def stop(self, reason: str) -> None:
+        """Record that the run failed, and why; rewrite the file."""
+        self.stopped = reason
+        self.save()
+
     def save(self) -> None:
         """Write the history atomically."""
         data = {
             "config": self.config,
             "initial_evaluation": self.initial_evaluation,
             "rounds": [asdict(r) for r in self.rounds],
+            "stopped": self.stopped,
         }
         write_bytes_atomic(json.dumps(data, indent=1).encode(), self.path)
 

@@ -21,6 +21,7 @@ from torch import nn
 from CtP.device_augmentation import DeviceAugmentation
 from CtP.pretext import Pretext
 from CtP.train import build_optimizer, train_one_epoch
+from fedvssl.checkpoints import check_finite
 from fedvssl.client_data import ClientSettings, augments_on_device, round_loader
 from fedvssl.data.atomic import atomic_path
 
@@ -73,6 +74,7 @@ def load_own_head(client_dir: Path, server_round: int) -> dict[str, torch.Tensor
     if not earlier:
         return None
     state: dict[str, torch.Tensor] = torch.load(earlier[max(earlier)], weights_only=True)
+    check_finite(earlier[max(earlier)], state)
     return state
 
 
@@ -83,6 +85,20 @@ def save_own_head(client_dir: Path, server_round: int, state: dict[str, torch.Te
     files = head_files(client_dir)
     for r in sorted(r for r in files if r < server_round)[:-1]:
         files[r].unlink(missing_ok=True)
+
+
+def set_aside_interrupted_logs(client_dir: Path, server_round: int) -> None:
+    """Move logs of this round and later ones into ``interrupted/``: an earlier, killed attempt's.
+
+    A run resumed after its last complete round trains that round's successor again; the log
+    the interrupted attempt left stays readable, beside the folder of the logs that count.
+    """
+    pattern = re.compile(r".*-round(\d+)\.log\.json")
+    for path in client_dir.glob("*-round*.log.json"):
+        match = pattern.fullmatch(path.name)
+        if match and int(match.group(1)) >= server_round:
+            (client_dir / "interrupted").mkdir(exist_ok=True)
+            path.replace(client_dir / "interrupted" / path.name)
 
 
 def start_state(
@@ -119,7 +135,8 @@ def train_locally(
     optimizer = build_optimizer(
         model, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
-    log_path = client_dir / f"{time.strftime('%Y%m%d_%H%M%S')}.log.json"
+    set_aside_interrupted_logs(client_dir, server_round)
+    log_path = client_dir / f"{time.strftime('%Y%m%d_%H%M%S')}-round{server_round}.log.json"
     losses, trivial, skipped, seconds = [], [], 0, 0.0
     for epoch in range(settings.local_epochs):
         loader, dataset = round_loader(

@@ -5,8 +5,10 @@ The authors published six ``round-540.npz`` files, pre-trained with CtP on Kinet
 short name (``fedvssl-a0.9-b1``), and ``pretrained=published:NAME`` in ``fedvssl.finetune`` (or
 ``pretrained_model_path=published:NAME`` with ``fedvssl.main pre_train=false``) stands for the
 file: it is downloaded once into a cache folder, resumably, then checked through the restricted
-checkpoint loader (126 arrays of a width-64 CtP model) before it is used. A file that fails the
-check is removed. With the file in the cache nothing touches the network.
+checkpoint loader (126 arrays of a width-64 CtP model, every one finite) before it is used, and
+again on every later use: a download that fails the check is removed, a cached file that fails it
+(saved by hand, or damaged since) is moved aside as ``<name>.npz.rejected``. With the file in the
+cache nothing touches the network.
 
 Drive serves small files directly and large ones after a confirmation page ("can't scan this
 file for viruses"); :func:`download_address` reads that page's form and returns the address of
@@ -181,11 +183,12 @@ def fetch(
     ------
     PublishedError
         If the download fails (saying where to put the file by hand) or the file fails its check
-        (it is then removed).
+        (a download is then removed, a cached file moved aside).
     """
     dest = (cache or default_cache()) / entry.file_name
     if dest.is_file():
-        return dest  # checked when it was downloaded; loading it checks it again
+        check_cached(entry, dest)
+        return dest
     try:
         address = download_address(url.format(id=entry.drive_id))
         download_file(address, dest, progress=progress, timeout=TIMEOUT_S)
@@ -199,19 +202,41 @@ def fetch(
     return dest
 
 
-def check(entry: Published, path: Path) -> None:
-    """Load ``path`` through the restricted loader; remove it unless it is ``entry``'s model."""
+def _problem(entry: Published, path: Path) -> str | None:
+    """Load ``path`` through the restricted loader; say why it is not ``entry``'s model, if so."""
     try:
         state = load_backbone_state(path)
-        width = int(state["stem.conv.weight"].shape[0])
-        if width != entry.width:
-            raise CheckpointError(f"a width-{width} backbone, expected {entry.width}")
     except CheckpointError as err:
+        return str(err)
+    width = int(state["stem.conv.weight"].shape[0])
+    return f"a width-{width} backbone, expected {entry.width}" if width != entry.width else None
+
+
+def check(entry: Published, path: Path) -> None:
+    """Check a fresh download of ``entry``; remove it unless it is ``entry``'s model."""
+    problem = _problem(entry, path)
+    if problem is not None:
         path.unlink(missing_ok=True)
         raise PublishedError(
-            f"the download of {entry.name} is not the published checkpoint ({err}); it was "
+            f"the download of {entry.name} is not the published checkpoint ({problem}); it was "
             "removed, run the command again to download it afresh"
-        ) from None
+        )
+
+
+def check_cached(entry: Published, path: Path) -> None:
+    """Check a cached file of ``entry`` (it may have been saved by hand, or damaged since).
+
+    A file that fails is moved aside (``<name>.npz.rejected``), never deleted.
+    """
+    problem = _problem(entry, path)
+    if problem is not None:
+        aside = path.with_name(f"{path.name}.rejected")
+        path.replace(aside)
+        raise PublishedError(
+            f"the cached {entry.name} is not the published checkpoint ({problem}); it was moved "
+            f"to {aside}: run the command again to download it afresh, or save the right file "
+            f"(from {entry.page}) as {path}"
+        )
 
 
 def resolve_checkpoint(

@@ -31,9 +31,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from fedvssl import config_values as values
+from fedvssl.aggregation import check_alpha, check_beta
+from fedvssl.command_line import CommandLineError, check_command_line, check_overrides
 from fedvssl.data.atomic import write_bytes_atomic
 from fedvssl.published import MANIFEST, PREFIX, Published, lookup
 from fedvssl.report_table import Row, write_report
+from fedvssl.run_folder import RunFolder, hydra_record
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +114,29 @@ def eval_summary(where: Path) -> dict[str, Any]:
     return {key: results[key] for key in RESULT_KEYS if key in results}
 
 
+def check_report_config(cfg: dict[str, Any]) -> None:
+    """Check every key's type and range, and the cells' overrides, before any cell runs."""
+    for key in ("grid.alpha", "grid.beta"):
+        values.numbers(cfg, key)
+    for alpha in cfg["grid"]["alpha"]:
+        check_alpha(alpha, "grid.alpha", ReportError)
+    for beta in cfg["grid"]["beta"]:
+        check_beta(beta, "grid.beta", ReportError)
+    for key in ("fedavg", "random"):
+        values.flag(cfg, key)
+    for key in ("downstream", "pretexts", "checkpoints", "pretrain", "finetune"):
+        values.strings(cfg, key)
+    for key, config_name in (("pretrain", "base"), ("finetune", "finetune")):
+        try:
+            check_overrides(config_name, list(cfg[key]), multirun=False)
+        except CommandLineError as err:
+            raise ReportError(f"{key}: {err}") from None
+
+
 def settings(cfg: dict[str, Any]) -> list[Setting]:
     """Return the table's rows, checked: one clear error before any work starts."""
-    seeds = list(range(FIRST_SEED, FIRST_SEED + int(cfg["seeds"])))
-    if not seeds:
-        raise ReportError(f"seeds must be at least 1, got {cfg['seeds']}")
+    seeds = list(range(FIRST_SEED, FIRST_SEED + values.integer(cfg, "seeds", 1)))
+    check_report_config(cfg)
     known = {p.stem for p in (CONF / "dataset").glob("*.yaml")}
     for name in [cfg["dataset"], *cfg["downstream"]]:
         if name not in known:
@@ -211,9 +233,14 @@ def run_row(cfg: dict[str, Any], row: Setting) -> Row:
     return Row(row.label, row.alpha, row.beta, row.published, per_seed, row.pretext)
 
 
-def report(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run every cell that is not done yet and write the report; return ``report.json``'s data."""
+def report(cfg: dict[str, Any], accept: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Run every cell that is not done yet and write the report; return ``report.json``'s data.
+
+    ``accept()`` is called once the settings are checked (:class:`fedvssl.run_folder.RunFolder`).
+    """
     rows = settings(cfg)
+    if accept is not None:
+        accept()
     work = Path(cfg["work_dir"])
     logger.info("report: %d rows, downstream %s, in %s", len(rows), cfg["downstream"], work)
     done = [run_row(cfg, row) for row in rows]
@@ -231,11 +258,14 @@ def main(cfg: DictConfig) -> None:
     assert isinstance(plain, dict)
     plain = {str(k): v for k, v in plain.items()} | {"work_dir": HydraConfig.get().run.dir}
     try:
-        report(plain)
+        with RunFolder(plain["work_dir"]) as folder:  # one report at a time in work_dir
+            record = hydra_record(cfg)
+            report(plain, lambda: folder.accept(record))
     except (ReportError, ValueError) as err:
         logger.error("error: %s", err)
         sys.exit(2)
 
 
 if __name__ == "__main__":
+    check_command_line("report")
     main()

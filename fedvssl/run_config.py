@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any, cast
 from flwr.app import Context
 
 if TYPE_CHECKING:
-    from fedvssl.client_data import ClientSettings
-    from fedvssl.server_app import EvaluateFn, ServerSettings
+    from fedvssl.run_folder import RunFolder
+    from fedvssl.server_app import StartPoint
+    from fedvssl.settings import ClientSettings, EvaluateFn, ServerSettings
 
 logger = logging.getLogger("fedvssl")
 
@@ -67,6 +68,15 @@ def _compose(overrides: tuple[str, ...]) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from fedvssl.command_line import CommandLineError, check_overrides
+
+    try:
+        check_overrides("base", list(overrides), multirun=False)  # unknown keys, with or without +
+    except CommandLineError as err:
+        raise RunConfigError(
+            f"the run config does not compose ({err}): its keys are Hydra overrides of "
+            "conf/base.yaml, see [tool.flwr.app.config] in pyproject.toml"
+        ) from None
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="fedvssl"):
             cfg = compose(config_name="base", overrides=list(overrides))
@@ -113,23 +123,30 @@ def log_to(run_dir: str) -> None:
         package_logger.propagate = False
 
 
-def server_run(context: Context) -> tuple[ServerSettings, EvaluateFn | None, dict[str, Any]]:
-    """Everything the ServerApp of ``flwr run`` needs: settings, round evaluator, history config.
+def server_run(
+    context: Context, folder: RunFolder
+) -> tuple[ServerSettings, StartPoint, EvaluateFn | None]:
+    """Everything the ServerApp of ``flwr run`` needs: settings, start point, round evaluator.
 
-    The synthetic dataset is prepared here on first use, as ``python -m fedvssl.main`` does; a
-    real dataset lives on the nodes, so the server does not look for it unless it evaluates.
+    The run is checked (config, data, the folder's rounds and fingerprint) before it owns
+    ``folder``; then its log goes to ``server.log`` there. The synthetic dataset is prepared here
+    on first use, as ``python -m fedvssl.main`` does; a real dataset lives on the nodes, so the
+    server does not look for it unless it evaluates.
     """
-    from fedvssl.server_app import resumable_state
+    from fedvssl.fingerprint import pretraining_fingerprint, write_fingerprint
+    from fedvssl.server_app import start_point
     from fedvssl.settings import announce, ensure_dataset, pretraining, round_evaluator
 
     cfg, run_dir = compose_config(context.run_config), run_dir_of(context)
-    log_to(run_dir)
     run = pretraining(cfg, run_dir)
-    announce(run, cfg)
     if cfg["dataset"].get("auto_prepare") or run.evaluation is not None:
         ensure_dataset(cfg["dataset"], cfg["data_dir"], run.server.pool_size)
-    resumable_state(run.server)
-    return run.server, round_evaluator(run), cfg
+    start = start_point(run.server, cfg)
+    folder.accept()
+    log_to(run_dir)
+    write_fingerprint(Path(run_dir), pretraining_fingerprint(cfg))
+    announce(run, cfg)
+    return run.server, start, round_evaluator(run)
 
 
 def node_client_settings(context: Context) -> ClientSettings:

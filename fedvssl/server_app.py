@@ -14,8 +14,14 @@ With ``resume`` the run continues after the last complete round of its results f
 same result as an uninterrupted run. A sampled client that fails, or does not answer within
 ``round_timeout``, is reported and the round aggregates the others.
 
-``make_server_app`` builds the app of ``python -m fedvssl.main``; the module-level ``app`` is the
-one ``flwr run`` loads, configured from its run config (:mod:`fedvssl.run_config`).
+A round in which fewer than ``min_fit_clients`` clients replied validly (finite loss and arrays
+of the model's layout) aggregates nothing: it writes no checkpoint and the global model stays.
+After ``stop_after_failed_rounds`` such rounds in a row, or when the last round is one, the run
+stops and its history says why (:attr:`History.stopped`, the first client error included); so
+does a round whose aggregate is not finite. ``python -m fedvssl.main`` then exits with status 1.
+
+``make_server_app`` builds the app of ``python -m fedvssl.main``; the app ``flwr run`` loads is
+:data:`fedvssl.flower_apps.serverapp`, configured from its run config (:mod:`fedvssl.run_config`).
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -35,42 +40,18 @@ from flwr.serverapp import Grid, ServerApp
 
 from CtP.pretext import Pretext
 from fedvssl.checkpoints import (
+    CheckpointError,
     latest_round_checkpoint,
     load_global_checkpoint,
     round_checkpoint_path,
     save_global_checkpoint,
 )
+from fedvssl.fingerprint import check_fingerprint, pretraining_fingerprint
 from fedvssl.history import History, RoundRecord
-from fedvssl.settings import RunStateError
-from fedvssl.strategy import FedVSSL, StrategySettings
+from fedvssl.settings import EvaluateFn, RunStateError, ServerSettings
+from fedvssl.strategy import FedVSSL, Layout, layout_of
 
 logger = logging.getLogger(__name__)
-
-EvaluateFn = Callable[[int, dict[str, np.ndarray]], dict[str, float]]
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """The server's part of the run config."""
-
-    run_dir: str
-    rounds: int
-    pool_size: int
-    clients_per_round: int
-    min_fit_clients: int
-    seed: int
-    width: int
-    clip_len: int
-    pretext: Pretext  # the pretext task (conf/pretext/, conf/ctp/): builds the initial model
-    resume: bool
-    evaluate_every: int
-    round_timeout: float
-    strategy: StrategySettings
-
-    @property
-    def results_dir(self) -> Path:
-        """``<run dir>/fedvssl_results``, where the original wrote its checkpoints."""
-        return Path(self.run_dir) / "fedvssl_results"
 
 
 def initial_state(pretext: Pretext, width: int, clip_len: int, seed: int) -> dict[str, np.ndarray]:
@@ -98,8 +79,10 @@ def check_resumed_state(
 
 
 def to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
-    """Turn global arrays into a Flower record, names and order kept."""
-    return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+    """Turn global arrays into a Flower record, names, order and shapes (0-d too) kept."""
+    return ArrayRecord(
+        {k: torch.from_numpy(np.require(v, requirements="C")) for k, v in state.items()}
+    )
 
 
 def to_state(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -129,15 +112,18 @@ def discover_partitions(grid: Grid, pool_size: int, timeout: float) -> dict[int,
     return {node: int(cast(int, metrics["partition-id"])) for node, metrics in ids.items()}
 
 
-def resumable_state(settings: ServerSettings) -> tuple[int, dict[str, np.ndarray]] | None:
+def resumable_state(
+    settings: ServerSettings, fingerprint: dict[str, Any]
+) -> tuple[int, dict[str, np.ndarray]] | None:
     """Return the last complete round and its global model, or None to start afresh.
 
     Raises
     ------
     RunStateError
-        If the folder holds rounds but ``resume`` is off, or its model is not this run's (another
-        pretext or width). :mod:`fedvssl.main` calls this before starting the simulation, so the
-        error is one line.
+        If the folder holds rounds but ``resume`` is off, its last checkpoint cannot be read, or
+        its model is not this run's (another pretext or width).
+    FingerprintError
+        If the folder's run was made with other deciding settings (``fingerprint``).
     """
     latest = latest_round_checkpoint(settings.results_dir)
     if latest is not None and not settings.resume:
@@ -147,20 +133,37 @@ def resumable_state(settings: ServerSettings) -> tuple[int, dict[str, np.ndarray
         )
     if latest is None:
         return None
+    check_fingerprint(Path(settings.run_dir), fingerprint)
     last_round, path = latest
-    state = load_global_checkpoint(path)
+    try:
+        state = load_global_checkpoint(path)
+    except CheckpointError as err:
+        raise RunStateError(
+            f"{err}. To resume from round {last_round - 1}, move {path.name} out of "
+            f"{path.parent}; or choose another hydra.run.dir"
+        ) from None
     fresh = initial_state(settings.pretext, settings.width, settings.clip_len, settings.seed)
     check_resumed_state(path, state, fresh, settings.pretext.name)
     return last_round, state
 
 
-def start_point(
-    settings: ServerSettings, history_config: dict[str, Any]
-) -> tuple[int, dict[str, np.ndarray], History]:
-    """Find where the run starts: round 1, or after the last complete round."""
-    settings.results_dir.mkdir(parents=True, exist_ok=True)
+@dataclass
+class StartPoint:
+    """Where a run starts: its first round, the global model before it, and its history."""
+
+    first_round: int
+    state: dict[str, np.ndarray]
+    history: History
+
+
+def start_point(settings: ServerSettings, history_config: dict[str, Any]) -> StartPoint:
+    """Find where the run starts, round 1 or after the last complete one, before any work.
+
+    Every refusal (see :func:`resumable_state`, and a ``metrics.json`` that cannot be read) comes
+    from here, so both entry points call it before starting any client.
+    """
     metrics_path = Path(settings.run_dir) / "metrics.json"
-    resumed = resumable_state(settings)
+    resumed = resumable_state(settings, pretraining_fingerprint(history_config))
     if resumed is None:
         if settings.resume:
             logger.warning(
@@ -168,11 +171,11 @@ def start_point(
                 settings.results_dir,
             )
         state = initial_state(settings.pretext, settings.width, settings.clip_len, settings.seed)
-        return 1, state, History(metrics_path, history_config)
+        return StartPoint(1, state, History(metrics_path, history_config))
     last_round, state = resumed
     logger.info("resuming after round %d from %s", last_round, settings.results_dir)
     history = History.resume(metrics_path, history_config, last_round)
-    return last_round + 1, state, history
+    return StartPoint(last_round + 1, state, history)
 
 
 def round_record(
@@ -212,7 +215,11 @@ def weighted_mean(clients: list[dict[str, float | int]], key: str) -> float | No
 def round_line(record: RoundRecord, rounds: int) -> str:
     """Format one concise progress line."""
     if record.train_loss is None:
-        return f"round {record.round}/{rounds}: no client replied ({len(record.failures)} failed)"
+        first = f"; first failure: {record.failures[0]}" if record.failures else ""
+        return (
+            f"round {record.round}/{rounds}: aggregated nothing, no valid reply "
+            f"({len(record.failures)} failed){first}"
+        )
     weights = " ".join(f"{c['weight']:.2f}" for c in record.clients)
     ratio = f" ({record.ratio:.2f} of trivial)" if record.ratio is not None else ""
     parts = [
@@ -222,18 +229,35 @@ def round_line(record: RoundRecord, rounds: int) -> str:
     ]
     parts += [f"{k} {v:.2f}" for k, v in record.evaluation.items()]
     if not record.aggregated:
-        parts.append("too few replies: global model kept")
+        parts.append("too few valid replies: aggregated nothing, global model kept")
     return " | ".join(parts) + f" | {record.seconds:.1f} s"
 
 
+def global_model_problem(state: dict[str, np.ndarray], layout: Layout) -> str | None:
+    """Say what is wrong with an aggregated global model (None: it fits the model and is finite)."""
+    if layout_of(state) != layout:
+        return "its arrays (keys, shapes or dtypes) differ from the model's"
+    bad = [k for k, a in state.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+    return f"{bad[0]} holds non-finite values (NaN or inf)" if bad else None
+
+
+def stop_reason(record: RoundRecord, settings: ServerSettings, failed_in_a_row: int) -> str:
+    """Say why the run stops after ``record``, a round that aggregated nothing."""
+    first = record.failures[0] if record.failures else "none reported"
+    return (
+        f"round {record.round} aggregated nothing: {len(record.clients)} valid replies, "
+        f"min_fit_clients={settings.min_fit_clients} ({failed_in_a_row} such round(s) in a row, "
+        f"stop_after_failed_rounds={settings.stop_after_failed_rounds}); first client error: "
+        f"{first}"
+    )
+
+
 def run_rounds(
-    grid: Grid,
-    settings: ServerSettings,
-    evaluate_fn: EvaluateFn | None,
-    history_config: dict[str, Any],
+    grid: Grid, settings: ServerSettings, start: StartPoint, evaluate_fn: EvaluateFn | None
 ) -> History:
-    """Run the whole federated pre-training; return its history."""
-    first_round, state, history = start_point(settings, history_config)
+    """Run the federated pre-training from ``start``; return its history (``stopped``: failed)."""
+    first_round, state, history = start.first_round, start.state, start.history
+    layout = layout_of(state)
     strategy = FedVSSL(
         alpha=settings.strategy.alpha,
         beta=settings.strategy.beta,
@@ -242,6 +266,7 @@ def run_rounds(
         seed=settings.seed,
         min_available_nodes=settings.pool_size,
     )
+    strategy.layout = layout
     strategy.previous = list(state.values()) if first_round > 1 else None
     strategy.node_partitions = discover_partitions(grid, settings.pool_size, settings.round_timeout)
     arrays = to_record(state)
@@ -249,6 +274,7 @@ def run_rounds(
     if evaluate_now and first_round == 1 and evaluate_fn is not None:
         history.initial_evaluation = evaluate_fn(0, state)
         logger.info("round 0 (initial model): %s", _format(history.initial_evaluation))
+    failed_in_a_row = 0
     for server_round in range(first_round, settings.rounds + 1):
         started = time.perf_counter()
         config = ConfigRecord({"partial-update": settings.strategy.partial_update})
@@ -256,15 +282,27 @@ def run_rounds(
         replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         report_silent_nodes(strategy, messages, replies, settings.round_timeout)
-        arrays = new_arrays if new_arrays is not None else arrays
-        state = to_state(arrays)
-        save_global_checkpoint(round_checkpoint_path(settings.results_dir, server_round), state)
         record = round_record(strategy, server_round, 0.0, new_arrays is not None)
-        if evaluate_now and evaluate_fn is not None and server_round % settings.evaluate_every == 0:
-            record.evaluation = evaluate_fn(server_round, state)
+        new_state = to_state(new_arrays) if new_arrays is not None else None
+        problem = global_model_problem(new_state, layout) if new_state is not None else None
+        if new_arrays is None or new_state is None or problem is not None:
+            record.aggregated, failed_in_a_row = False, failed_in_a_row + 1
+        else:
+            arrays, state, failed_in_a_row = new_arrays, new_state, 0
+            save_global_checkpoint(round_checkpoint_path(settings.results_dir, server_round), state)
+            if evaluate_now and evaluate_fn and server_round % settings.evaluate_every == 0:
+                record.evaluation = evaluate_fn(server_round, state)
         record.seconds = time.perf_counter() - started
         history.add(record)
         logger.info(round_line(record, settings.rounds))
+        if problem is not None:
+            history.stop(f"the global model of round {server_round} is not usable: {problem}")
+            break
+        if failed_in_a_row and (
+            failed_in_a_row >= settings.stop_after_failed_rounds or server_round == settings.rounds
+        ):
+            history.stop(stop_reason(record, settings, failed_in_a_row))
+            break
     return history
 
 
@@ -288,13 +326,10 @@ def _format(metrics: dict[str, float]) -> str:
 
 
 def serve(
-    grid: Grid,
-    settings: ServerSettings,
-    evaluate_fn: EvaluateFn | None,
-    history_config: dict[str, Any],
+    grid: Grid, settings: ServerSettings, start: StartPoint, evaluate_fn: EvaluateFn | None
 ) -> History:
     """Run the rounds, then plot them: the body of every FedVSSL ServerApp."""
-    history = run_rounds(grid, settings, evaluate_fn, history_config)
+    history = run_rounds(grid, settings, start, evaluate_fn)
     if history.rounds:
         history.plot(Path(settings.run_dir) / "metrics.png")
     return history
@@ -302,9 +337,9 @@ def serve(
 
 def make_server_app(
     settings: ServerSettings,
+    start: StartPoint,
     *,
     evaluate_fn: EvaluateFn | None = None,
-    history_config: dict[str, Any] | None = None,
     sink: dict[str, Any] | None = None,
 ) -> ServerApp:
     """Build the ServerApp of ``python -m fedvssl.main``; its history goes to ``sink``."""
@@ -312,27 +347,8 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        history = serve(grid, settings, evaluate_fn, history_config or {})
+        history = serve(grid, settings, start, evaluate_fn)
         if sink is not None:
             sink["history"] = history
 
     return app
-
-
-# The app of ``flwr run`` (pyproject.toml [tool.flwr.app.components]): the same rounds, with the
-# settings composed from the run config (fedvssl.run_config) in the ServerApp's own process.
-app = ServerApp()
-
-
-@app.main()
-def flower_main(grid: Grid, context: Context) -> None:
-    """Compose the config from ``context.run_config`` and serve the run it describes."""
-    from fedvssl.run_config import server_run
-    from fedvssl.settings import user_errors
-
-    try:
-        run = server_run(context)
-    except user_errors() as err:  # one clear line; Flower then marks the run failed
-        logger.error("error: %s", err)
-        raise
-    serve(grid, *run)

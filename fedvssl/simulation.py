@@ -94,6 +94,18 @@ def _check_reachable(address: str) -> None:
         socket.create_connection((host, int(port)), timeout=10).close()
 
 
+def given_init_args(ray_init_args: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the ``ray_init_args`` that are set (null values left out)."""
+    return {k: v for k, v in (ray_init_args or {}).items() if v is not None}
+
+
+def check_ray_init_args(ray_init_args: dict[str, Any] | None) -> None:
+    """Fail with one line, before a run starts, when ``ray_init_args`` name a cluster not there."""
+    given = given_init_args(ray_init_args)
+    if "address" in given:
+        check_ray_cluster(given)
+
+
 def simulate(
     server_app: ServerApp,
     client_app: ClientApp,
@@ -114,7 +126,9 @@ def simulate(
     num_cpus, num_gpus
         Ray resources of one client; a fraction of a GPU lets clients share it.
     ray_init_args
-        Extra arguments of ``ray.init``; with an ``address``, the clients run on that Ray cluster.
+        Extra arguments of ``ray.init``; with an ``address``, the clients run on that Ray cluster
+        (check it first with :func:`check_ray_init_args`: a cluster that cannot be joined would
+        leave ``run_simulation`` waiting).
     """
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -122,10 +136,7 @@ def simulate(
     from flwr.simulation import run_simulation  # imports Ray: only when a simulation runs
 
     quiet_flower_logging()
-    given = {k: v for k, v in (ray_init_args or {}).items() if v is not None}
-    init_args = {"logging_level": "ERROR", "log_to_driver": True} | given
-    if "address" in init_args:
-        check_ray_cluster(init_args)
+    init_args = {"logging_level": "ERROR", "log_to_driver": True} | given_init_args(ray_init_args)
     run_simulation(
         server_app=server_app,
         client_app=client_app,

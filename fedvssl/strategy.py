@@ -56,6 +56,12 @@ __all__ = [  # the aggregation math is re-exported: callers import it from here 
 ]
 
 METRICS_KEY = "metrics"  # name of the MetricRecord in every train reply
+Layout = tuple[tuple[str, tuple[int, ...], str], ...]  # (key, shape, dtype) of every array
+
+
+def layout_of(state: dict[str, np.ndarray]) -> Layout:
+    """Return the (key, shape, dtype) list of a model's named arrays."""
+    return tuple((k, a.shape, a.dtype.str) for k, a in state.items())
 
 
 def sample_partitions(
@@ -144,8 +150,8 @@ class _ClientUpdate:
     arrays: list[np.ndarray]  # read-only views into the reply's bytes
 
     @property
-    def layout(self) -> tuple[tuple[str, tuple[int, ...], str], ...]:
-        return tuple((k, a.shape, a.dtype.str) for k, a in zip(self.keys, self.arrays, strict=True))
+    def layout(self) -> Layout:
+        return layout_of(dict(zip(self.keys, self.arrays, strict=True)))
 
 
 def _as_numpy(array: Array) -> np.ndarray:
@@ -192,6 +198,9 @@ class FedVSSL(FedAvg):
         The last global model, used by beta; the server sets it when it resumes a run.
     node_partitions : dict[int, int]
         Node id -> partition id, set by the server before round 1 for reproducible sampling.
+    layout : Layout | None
+        The global model's (key, shape, dtype) list, set by the server: a reply of any other
+        layout is a failed client. None: the layout most replies share.
     last_round : RoundReport | None
         Per-client details of the last ``aggregate_train``.
     """
@@ -225,6 +234,7 @@ class FedVSSL(FedAvg):
         self.previous: list[np.ndarray] | None = None
         self.node_partitions: dict[int, int] = {}
         self.last_round: RoundReport | None = None
+        self.layout: Layout | None = None
 
     def summary(self) -> None:
         """Log the FedVSSL settings, then FedAvg's."""
@@ -325,7 +335,7 @@ class FedVSSL(FedAvg):
             except (ValueError, TypeError) as err:
                 report.failures.append(f"{who}: malformed reply: {err}")
         updates.sort(key=lambda u: (u.partition_id, u.node_id))
-        kept = _drop_inconsistent(updates, report.failures)
+        kept = _drop_inconsistent(updates, report.failures, self.layout)
         for reason in report.failures:
             log(WARNING, "round %d: client failed: %s", report.server_round, reason)
         return kept
@@ -350,21 +360,27 @@ class FedVSSL(FedAvg):
         trivial = float(trivial) if is_number(trivial) and math.isfinite(trivial) else math.nan
         keys = list(arrays.keys())
         views = [_as_numpy(arrays[k]) for k in keys]
+        for key, view in zip(keys, views, strict=True):
+            if view.dtype.kind == "f" and not np.isfinite(view).all():
+                raise ValueError(f"{key} holds non-finite values (NaN or inf)")
         node = msg.metadata.src_node_id
         return _ClientUpdate(partition, node, examples, float(loss), trivial, keys, views)
 
 
-def _drop_inconsistent(updates: list[_ClientUpdate], failures: list[str]) -> list[_ClientUpdate]:
-    """Keep the updates sharing the most common array layout and a unique partition id."""
+def _drop_inconsistent(
+    updates: list[_ClientUpdate], failures: list[str], expected: Layout | None = None
+) -> list[_ClientUpdate]:
+    """Keep the updates of the ``expected`` layout (else the most common) and a unique partition."""
     layouts = [u.layout for u in updates]
     common = Counter(layouts).most_common(1)[0][0] if layouts else ()
+    common = common if expected is None else expected
     kept: list[_ClientUpdate] = []
     for update, layout in zip(updates, layouts, strict=True):
         who = f"partition {update.partition_id}"
         if kept and kept[-1].partition_id == update.partition_id:
             failures.append(f"{who}: duplicate reply for this partition, ignored")
         elif layout != common:
-            failures.append(f"{who}: its arrays (keys, shapes or dtypes) differ from the others'")
+            failures.append(f"{who}: its arrays (keys, shapes or dtypes) differ from the model's")
         else:
             kept.append(update)
     return kept

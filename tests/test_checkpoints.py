@@ -19,7 +19,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -532,5 +532,37 @@ def test_not_a_checkpoint_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         load_global_checkpoint(tmp_path / "absent.npz")
     np.savez(tmp_path / "published.npz", object_list(known_arrays(16)))
-    with pytest.raises(CheckpointError, match="use load_backbone_state"):
+    with pytest.raises(CheckpointError, match="not a readable round checkpoint"):
         load_global_checkpoint(tmp_path / "published.npz")
+
+
+def test_non_finite_arrays_are_refused_by_every_loader(tmp_path: Path) -> None:
+    """Our round files, published lists, .pth files, a client's head and fine-tuning's last.pt."""
+    state = our_state(16)
+    state["backbone.layer2.0.bn1.running_var"][3] = np.nan
+    ours = tmp_path / "round-1-weights.array.npz"
+    save_global_checkpoint(ours, state)
+    listed = tmp_path / "round-540.npz"
+    savez_like_the_original(listed, object_list(list(state.values())))
+    pth = tmp_path / "model.pth"
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in state.items()}}, pth)
+    expected = "layer2.0.bn1.running_var holds non-finite values (NaN or inf); the model diverged"
+    for load, path in ((load_global_checkpoint, ours), (load_backbone_state, listed),
+                       (load_backbone_state, pth)):  # fmt: skip
+        with pytest.raises(CheckpointError, match=re.escape(expected)) as refused:
+            load(path)
+        assert str(refused.value).startswith(str(path)) and "\n" not in str(refused.value)
+    from fedvssl.finetune import DownstreamError, resume_point
+    from fedvssl.local_training import load_own_head
+
+    torch.save({"head.fc1.bias": torch.tensor([1.0, np.inf])}, tmp_path / "head-round-2.pt")
+    with pytest.raises(CheckpointError, match=r"head-round-2\.pt: head\.fc1\.bias holds non-fin"):
+        load_own_head(tmp_path, 3)
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [5])
+    weights = {"weight": torch.full((1, 2), np.nan), "bias": torch.zeros(1)}
+    torch.save({"model": weights, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": 1}, tmp_path / "last.pt")  # fmt: skip
+    with pytest.raises(DownstreamError, match=r"last\.pt: weight holds non-finite values"):
+        resume_point(tmp_path, True, cast(Any, model), optimizer, scheduler)

@@ -276,11 +276,11 @@ def test_simulation_joins_a_running_ray_cluster_and_survives_a_failing_client(
     synthetic_data_dir: Path, tmp_path: Path, ray_head: tuple[str, Path]
 ) -> None:
     address, temp = ray_head
-    annotations = tmp_path / "broken_annotations"  # client 2's partition file is not JSON
-    annotations.mkdir()
+    annotations = tmp_path / "broken_annotations"  # client 2's partition lists no video: a
+    annotations.mkdir()  # well-formed file, so the run starts, and client 2 fails in every round
     partitions = synthetic_data_dir / "synthetic" / "annotations" / "client_distribution"
     (annotations / "client_dist1.json").write_text((partitions / "client_dist1.json").read_text())
-    (annotations / "client_dist2.json").write_text("this is not json")
+    (annotations / "client_dist2.json").write_text("[]")
     run_dir = tmp_path / "run"
     done = subprocess.run(
         [

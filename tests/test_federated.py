@@ -137,11 +137,11 @@ def test_multirun_of_the_other_pretexts_runs_each_job_in_its_own_folder(
         assert last["trivial_loss"] == pytest.approx(math.log(classes))
         assert f"({last['train_loss'] / last['trivial_loss']:.2f} of trivial)" in done.stdout
 
-    # the folder's model is VCOP's: resuming it as Speed is one clear line
+    # the folder's run is VCOP's: resuming it as Speed is one clear line naming the setting
     wrong = run_main(sweep / "0", synthetic_data_dir, "pretext=speed", "resume=true")
     assert wrong.returncode == 2
     errors = [line for line in wrong.stdout.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "does not hold this run's speed model" in errors[0]
+    assert len(errors) == 1 and 'pretext.name ("vcop" -> "speed")' in errors[0]
 
 
 def test_killed_run_resumes_to_the_same_final_checkpoint(
@@ -188,3 +188,19 @@ def test_bad_input_gives_one_clear_line(tmp_path: Path, overrides: list[str], me
     errors = [line for line in done.stdout.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_run_whose_rounds_aggregate_nothing_fails_loudly(
+    synthetic_data_dir: Path, tmp_path: Path
+) -> None:
+    """A diverging learning rate: every reply is non-finite, so round 1 aggregates nothing."""
+    run_dir = tmp_path / "diverged"
+    done = run_main(run_dir, synthetic_data_dir, "optimizer.lr=1e12")
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [line for line in done.stdout.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "round 1 aggregated nothing: 0 valid replies" in errors[0]
+    assert "first client error: partition " in errors[0] and "must be a finite number" in errors[0]
+    assert "Traceback" not in done.stdout + done.stderr and "done:" not in done.stdout
+    assert not list((run_dir / "fedvssl_results").glob("round-*"))  # no checkpoint of nothing
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["stopped"] in errors[0] and not metrics["rounds"][0]["aggregated"]

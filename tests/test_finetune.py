@@ -155,6 +155,12 @@ def test_finetune_config_from_a_pre_training_config(tmp_path: Path) -> None:
         (["frame_stride=0"], "frame_stride must be at least 1, got 0"),
         (["eval_batch_size=-2"], "eval_batch_size must be at least 1, got -2"),
         (["epochs=-1"], "epochs must be 0 (retrieval only) or more, got -1"),
+        (["batch_size=abc"], "batch_size must be an integer, got 'abc'"),
+        (
+            ["optimizer.milestones=60"],
+            "optimizer.milestones must be a list of integers, e.g. [1, 5], got 60",
+        ),
+        (["resume=maybe"], "resume must be true or false, got 'maybe'"),
     ],
 )
 def test_finetune_settings_are_typed_once_and_checked(
@@ -238,21 +244,24 @@ def test_round_evaluator_builds_its_datasets_once(
     assert built == [12, 12]
 
 
-def test_published_name_comes_from_the_cache_without_network(
+def test_a_cached_published_file_is_checked_on_every_use_and_moved_aside(
     synthetic_data_dir: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
     cached = cache / "fedvssl-a0.9-b1.npz"
-    shutil.copyfile(checkpoint, cached)
+    shutil.copyfile(checkpoint, cached)  # saved by hand: a width-16 model, not the published one
     run_dir = tmp_path / "run"
     done = finetune(
         run_dir, synthetic_data_dir, "pretrained=published:fedvssl-a0.9-b1",
         f"published_cache={cache}", "published_url=http://127.0.0.1:9/nothing-listens", "epochs=0",
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["checkpoint"] == str(cached.resolve()) and "R@1" in results
+    assert done.returncode == 2
+    errors = [line for line in done.stdout.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "width-16 backbone, expected 64" in errors[0], done.stdout
+    assert f"moved to {cached}.rejected" in errors[0] and "Traceback" not in done.stderr
+    assert not cached.exists() and (cache / "fedvssl-a0.9-b1.npz.rejected").is_file()
+    assert not (run_dir / "results.json").exists()
 
 
 def test_unknown_published_name_lists_the_names(synthetic_data_dir: Path, tmp_path: Path) -> None:

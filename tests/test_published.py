@@ -143,6 +143,38 @@ def test_bad_file_is_refused_and_removed(
     assert not list(tmp_path.iterdir())  # nothing kept
 
 
+@pytest.mark.parametrize("damage", ["wrong width", "non-finite", "truncated"])
+def test_a_cached_file_is_checked_on_every_use_and_moved_aside(
+    damage: str, drive: tuple[str, type[_Drive]], tmp_path: Path
+) -> None:
+    url, handler = drive
+    cached = pub.fetch(entry("direct"), tmp_path, url=url, progress=False)
+    count = len(handler.requests)
+    if damage == "truncated":
+        cached.write_bytes(cached.read_bytes()[:1000])
+    else:  # a file saved by hand under the published name
+        arrays = [
+            v.numpy()
+            for v in build_ctp(width=WIDTH * (2 if damage == "wrong width" else 1), clip_len=8)
+            .state_dict()
+            .values()
+        ]
+        if damage == "non-finite":
+            arrays[3][0] = np.inf
+        listed = np.empty(len(arrays), dtype=object)
+        for index, array in enumerate(arrays):
+            listed[index] = array
+        np.savez(cached, listed)
+    with pytest.raises(pub.PublishedError) as refused:
+        pub.fetch(entry("direct"), tmp_path, url=url, progress=False)
+    message = str(refused.value)
+    assert message.startswith("the cached tiny-direct is not the published checkpoint (")
+    assert f"moved to {cached}.rejected: run the command again" in message and "\n" not in message
+    assert not cached.exists() and Path(f"{cached}.rejected").is_file()
+    assert len(handler.requests) == count  # refused without a request
+    assert pub.fetch(entry("direct"), tmp_path, url=url, progress=False) == cached  # downloaded
+
+
 def test_cache_is_reused_without_a_request(drive: tuple[str, type[_Drive]], tmp_path: Path) -> None:
     url, handler = drive
     first = pub.fetch(entry("direct"), tmp_path, url=url, progress=False)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from CtP.annotations import parse_annotations
 from fedvssl.data.atomic import write_bytes_atomic
 from fedvssl.data.errors import DataError
 
@@ -91,23 +92,26 @@ def write_annotations(items: Iterable[Mapping[str, Any]], path: Path) -> Path:
     return write_json_atomic(records, path)
 
 
-def read_annotations(path: Path) -> list[dict[str, Any]]:
-    """Read and check an annotation JSON file.
+def read_annotations(path: Path, num_classes: int | None = None) -> list[dict[str, Any]]:
+    """Read and check an annotation JSON file (:func:`CtP.annotations.parse_annotations`).
 
     Parameters
     ----------
     path : Path
         A file in the annotation format.
+    num_classes : int | None
+        The dataset's number of classes (labels 1..num_classes); None: labels are at least 1.
 
     Returns
     -------
     list[dict[str, Any]]
-        The records, each with a string ``name`` and an integer ``label``.
+        The records, each with a non-empty string ``name`` and an integer ``label``.
 
     Raises
     ------
     DataError
-        If the file is missing, is not JSON, or a record lacks a name or an integer label.
+        If the file is missing or is not JSON, or a record lacks a name or an integer label, has a
+        label out of range, or names a video listed under another label (naming the record).
     """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -115,17 +119,10 @@ def read_annotations(path: Path) -> list[dict[str, Any]]:
         raise DataError(f"annotation file not found: {path}") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path} is not valid JSON ({err}); prepare the dataset again") from err
-    if not isinstance(data, list):
-        raise DataError(f"{path} must hold a JSON list of {{'name', 'label'}} records")
-    for i, rec in enumerate(data):
-        ok = (
-            isinstance(rec, dict)
-            and isinstance(rec.get("name"), str)
-            and isinstance(rec.get("label"), int)
-            and not isinstance(rec.get("label"), bool)
-        )
-        if not ok:
-            raise DataError(
-                f"{path}: record {i} must be {{'name': str, 'label': int}}, got {rec!r}"
-            )
-    return data
+    except OSError as err:
+        raise DataError(f"cannot read {path} ({err.strerror or err})") from None
+    try:
+        items = parse_annotations(data, str(path), num_classes)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    return [{"name": item.name, "label": item.label} for item in items]

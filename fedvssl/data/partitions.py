@@ -198,16 +198,56 @@ def write_client_lists(clients: Sequence[Sequence[Record]], out_dir: Path) -> li
     -------
     list[Path]
         The written files, in client order.
+
+    Raises
+    ------
+    DataError
+        If ``out_dir`` is a file or cannot be written.
     """
-    paths = [
-        write_annotations(records, client_dist_path(out_dir, n))
-        for n, records in enumerate(clients, start=1)
-    ]
-    for stale in out_dir.glob("client_dist*.json"):
-        match = _CLIENT_FILE.match(stale.name)
-        if match is not None and int(match.group(1)) > len(clients):
-            stale.unlink()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir} is a file: the partitions go into a folder, choose one")
+    try:
+        paths = [
+            write_annotations(records, client_dist_path(out_dir, n))
+            for n, records in enumerate(clients, start=1)
+        ]
+        for stale in out_dir.glob("client_dist*.json"):
+            match = _CLIENT_FILE.match(stale.name)
+            if match is not None and int(match.group(1)) > len(clients):
+                stale.unlink()
+    except OSError as err:
+        raise DataError(
+            f"cannot write the partitions to {out_dir} ({err.strerror or err}): choose a "
+            "writable folder"
+        ) from None
     return paths
+
+
+def check_client_lists(
+    train: Sequence[Record], paths: Sequence[Path], num_classes: int | None = None
+) -> None:
+    """Check that the client lists at ``paths`` exist, are well formed and list train videos.
+
+    A list need not cover the train list (the original non-IID scheme leaves most classes out)
+    and a video may be in two lists (its windows overlap), but every listed video must be one
+    of the train list, with its label.
+
+    Raises
+    ------
+    DataError
+        Naming a missing or malformed file (and its record), or a listed video that is not a
+        train video.
+    """
+    labels = {r["name"]: r["label"] for r in train}
+    for number, path in enumerate(paths, start=1):
+        if not path.is_file():
+            raise DataError(f"the partition of client {number}, {path}, does not exist")
+        for index, record in enumerate(read_annotations(path, num_classes)):
+            if labels.get(record["name"]) != record["label"]:
+                raise DataError(
+                    f"{path}: record {index} ({record['name']}, label {record['label']}) is "
+                    "not a video of the train list with that label"
+                )
 
 
 def write_partitions(
@@ -280,6 +320,7 @@ def load_annotation_list(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"annotation list not found: {path}")
     records = []
+    first: dict[str, tuple[int, int]] = {}  # name -> (label, line)
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = raw.strip()
         if not line:
@@ -287,7 +328,14 @@ def load_annotation_list(path: Path) -> list[dict[str, Any]]:
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) < 1:
             raise DataError(f"{path}:{number}: expected 'name label' with label >= 1, got {line!r}")
-        records.append({"name": parts[0], "label": int(parts[1])})
+        name, label = parts[0], int(parts[1])
+        earlier = first.setdefault(name, (label, number))
+        if earlier[0] != label:
+            raise DataError(
+                f"{path}:{number}: {name} has label {label}, but label {earlier[0]} on line "
+                f"{earlier[1]}: a video has one label"
+            )
+        records.append({"name": name, "label": label})
     if not records:
         raise DataError(f"{path} holds no 'name label' lines")
     return records

@@ -81,22 +81,42 @@ def read_class_index(path: Path) -> dict[str, int]:
         parts = line.split(maxsplit=1)
         if len(parts) != 2 or not parts[0].isdigit():
             raise DataError(f"{path}:{number}: expected 'index ClassName', got {line!r}")
-        classes[parts[1].strip()] = int(parts[0])
+        name, index = parts[1].strip(), int(parts[0])
+        if name in classes or index in classes.values():
+            raise DataError(f"{path}:{number}: class {name} or index {index} is listed twice")
+        classes[name] = index
     if not classes:
         raise DataError(f"{path} lists no classes")
     return classes
 
 
+def _ucf_line(path: Path, number: int, line: str) -> tuple[str, int | None]:
+    """Split a list line into its video path and its label: "Class/v.avi 1" or "Class/v.avi"."""
+    parts = line.rsplit(maxsplit=1)
+    if len(parts) == 2 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    if len(parts) == 1 or line.lower().endswith(VIDEO_SUFFIX):
+        return line, None
+    raise DataError(
+        f"{path}:{number}: expected 'Class/video.avi' or 'Class/video.avi <label>', got {line!r} "
+        f"({parts[1]!r} is not a label)"
+    )
+
+
 def _read_ucf_list(path: Path, classes: dict[str, int]) -> list[SplitEntry]:
     entries = []
     for number, line in _lines(path):
-        parts = line.rsplit(maxsplit=1)
-        relative = parts[0] if len(parts) == 2 and parts[1].isdigit() else line
+        relative, label = _ucf_line(path, number, line)
         class_name, sep, video_file = relative.replace("\\", "/").rpartition("/")
         if not sep or class_name not in classes:
             raise DataError(
                 f"{path}:{number}: expected 'Class/video.avi' with a class of classInd.txt, "
                 f"got {line!r}"
+            )
+        if label is not None and label != classes[class_name]:
+            raise DataError(
+                f"{path}:{number}: label {label} for {class_name}, but classInd.txt gives it "
+                f"{classes[class_name]}; fix the line or classInd.txt"
             )
         entries.append(_entry(class_name, video_file, classes[class_name]))
     return entries
