@@ -17,6 +17,7 @@ import pytest
 
 if TYPE_CHECKING:
     import torch
+    from pretend_cuda import PretendCuda
 
     from CtP.pretext import Pretext
     from fedvssl.client_data import ClientSettings
@@ -29,6 +30,15 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
 Serve = Callable[[type[http.server.BaseHTTPRequestHandler]], str]
+
+
+@pytest.fixture
+def pretend_cuda() -> Iterator[PretendCuda]:
+    """A GPU made of CPU tensors (tests/pretend_cuda.py): the package takes its CUDA branches."""
+    from pretend_cuda import PretendCuda
+
+    with PretendCuda() as harness:
+        yield harness
 
 
 @pytest.fixture
