@@ -101,7 +101,8 @@ def describe(record: Record, step: int, log_interval: int) -> dict[str, Any]:
         "h2d_bytes": sum(c.nbytes for c in h2d),
         "h2d_pageable": sum(not c.pinned for c in h2d),
         "h2d_blocking": sum(not c.non_blocking for c in h2d),
-        "nvjpeg_calls": len(record.decodes),
+        "nvjpeg_calls": len(record.decodes),  # each moves the batch's JPEG files over itself
+        "h2d_transfers": len(h2d) + len(record.decodes),
         "hazards": record.hazards,
     }
 
@@ -133,6 +134,7 @@ def count_steps(harness: Any, settings: ClientSettings, log_interval: int) -> di
         "syncs_per_step_between_log_lines": max((s["syncs"] for s in quiet), default=0),
         "syncs_per_log_step": max((s["syncs"] for s in steps if s["log_line"]), default=0),
         "h2d_copies_per_step": max(s["h2d_copies"] for s in steps),
+        "h2d_transfers_per_step": max(s["h2d_transfers"] for s in steps),  # with nvJPEG's
         "h2d_bytes_per_step": max(s["h2d_bytes"] for s in steps),
         "hazards": sum(len(s["hazards"]) for s in steps),
         "epoch_end_syncs": len(end.syncs),
