@@ -72,7 +72,7 @@ CPU_INDEXED = "indices should be either on cpu or on the same device as the inde
 # Process-wide, so that tensors kept across harness sessions (a cached model, a constant table
 # uploaded once per device) stay on the pretend device; weak, so they cost nothing once freed.
 _ON_DEVICE: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> True
-_PINNED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> True (written by pin threads)
+_PINNED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # storage -> True (pin threads write it)
 _MADE_ON: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (side stream, its work count)
 _RECORDED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> ids of its recorded streams
 _PIN_LOCK = threading.Lock()
@@ -88,8 +88,9 @@ def _tag(tensor: Tensor) -> None:
 
 
 def _is_pinned(tensor: Tensor) -> bool:
-    with _PIN_LOCK:
-        return tensor in _PINNED
+    """Whether ``tensor``'s memory is pinned (its storage: views of pinned memory are pinned)."""
+    with torch._C.DisableTorchFunction(), _PIN_LOCK:
+        return tensor.untyped_storage() in _PINNED
 
 
 def _nbytes(tensor: Tensor) -> int:
@@ -285,6 +286,13 @@ class PretendCuda(TorchFunctionMode):
             "current_stream": lambda device=None: self.stream,
             "default_stream": lambda device=None: self.default_stream,
             "stream": self._use_stream,
+            # the device's random state (dynamo saves and restores it around a compilation)
+            "get_rng_state": lambda device="cuda": torch.zeros(16, dtype=torch.uint8),
+            "set_rng_state": lambda new_state, device="cuda": None,
+            "get_rng_state_all": lambda: [torch.zeros(16, dtype=torch.uint8)],
+            "set_rng_state_all": lambda new_states: None,
+            "manual_seed": lambda seed: None,
+            "manual_seed_all": lambda seed: None,
         }.items():  # fmt: skip
             patch(cuda, name, value)
         for name, value in {
@@ -294,6 +302,7 @@ class PretendCuda(TorchFunctionMode):
             "set_device_index": lambda device: _check_index(_device_of(device)),
             "device_count": lambda: 1,
             "synchronize": lambda device=None: self.sync("torch.accelerator.synchronize"),
+            "current_stream": lambda device=None: self.stream,
         }.items():
             patch(torch.accelerator, name, value)
         patch(torch, "autocast", self._autocast)
@@ -302,6 +311,11 @@ class PretendCuda(TorchFunctionMode):
         patch(Tensor, "is_pinned", _is_pinned_method)
         patch(torch._C, "_group_tensors_by_device_and_dtype", self._grouped())
         patch(torch.ops.image, "decode_jpegs_cuda", self._decode_jpegs)
+        # One torch thread, as a CPU client has: the pretend device's tensors are tiny, and two
+        # threads on two busy cores made a client round 20 times slower (0.5 s against 9-11 s)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        self._patches.callback(torch.set_num_threads, threads)
         super().__enter__()
         return self
 
@@ -661,8 +675,8 @@ def _pin_memory(self: Tensor, device: Any = None) -> Tensor:
         )
     with torch._C.DisableTorchFunction():
         pinned = self.clone(memory_format=torch.preserve_format)
-    with _PIN_LOCK:
-        _PINNED[pinned] = True
+    with torch._C.DisableTorchFunction(), _PIN_LOCK:
+        _PINNED[pinned.untyped_storage()] = True
     return pinned
 
 

@@ -68,6 +68,7 @@ def test_host_waits_and_copies_are_recorded(pretend_cuda: PretendCuda) -> None:
     host = torch.arange(6.0)
     pinned = host.pin_memory()
     assert pinned.is_pinned() and not host.is_pinned() and torch.equal(pinned, host)
+    assert pinned[2:].view(2, 2).is_pinned()  # views of pinned memory are pinned
     with pytest.raises(RuntimeError, match="only dense CPU tensors can be pinned"):
         pinned.to("cuda").pin_memory()
     pretend_cuda.reset()
