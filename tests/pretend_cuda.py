@@ -17,8 +17,9 @@ CPU tensors doing the arithmetic, so a whole training step (backward included) r
 - ``torch.autocast("cuda", dtype)`` casts as CUDA's autocast does, for the ops on the pretend
   device: matrix products and convolutions see their inputs rounded to ``dtype`` and hand back
   ``dtype`` outputs (the arithmetic is float32, as cuDNN accumulates), the ops CUDA runs in
-  float32 (losses, softmax, sums, norms, ...) get float32 inputs; so activations are bf16 where
-  they would be on a GPU. ``torch.autocast("cpu")`` changes nothing: the pretend device's ops
+  float32 (losses, softmax, sums, norms, ...) get float32 inputs, and torchvision's RoI ops
+  run in float32 and answer in their input's dtype; so activations are bf16 where they would
+  be on a GPU. ``torch.autocast("cpu")`` changes nothing: the pretend device's ops
   are not CPU ops. (CPU autocast itself is not used: oneDNN's bf16 conv3d weight gradient
   writes NaN in about one backward in ten on the 2-core AVX-512 build machine, with one thread
   or two, deterministic or not; with oneDNN off it is 30 times slower.);
@@ -216,6 +217,8 @@ _FLOAT32 = {
     "softmax", "log_softmax", "softmin", "cross_entropy", "cumprod", "cumsum", "prod", "sum",
     "normalize",
 }  # fmt: skip
+# torchvision's ops with an autocast rule: float32 inputs, the output in the input's dtype.
+_TORCHVISION_FLOAT32 = {"roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "deform_conv2d"}
 # Functions that compare tensors' metadata only, whatever their devices.
 _METADATA = {torch._has_compatible_shallow_copy_type, torch.is_same_size}
 _HOST_DATA = {torch.tensor, torch.as_tensor, torch.asarray, Tensor.new_tensor}  # copy host data
@@ -385,6 +388,10 @@ class PretendCuda(TorchFunctionMode):
         elif cast is not None and _name(func) in _FLOAT32:
             args, kwargs = _floats_to((args, kwargs), torch.float32)
             out = func(*args, **kwargs)
+        elif cast is not None and _name(func) in _TORCHVISION_FLOAT32:  # back to the input's
+            dtype = on[0].dtype
+            args, kwargs = _floats_to((args, kwargs), torch.float32)
+            out = _floats_to(func(*args, **kwargs), dtype)
         else:
             out = func(*args, **kwargs)
         made = self._tag_outputs(out, inputs)

@@ -28,9 +28,16 @@ import fedvssl.local_training as local_training
 from CtP.ctp import CtP
 from CtP.ctp_augmentation import CtPAugmentation
 from CtP.datasets import ZipFrameSource, load_annotations
-from CtP.device_augmentation import DeviceAugmentation, PlannedClips, collate_planned
+from CtP.device_augmentation import (
+    DeviceAugmentation,
+    PlannedClips,
+    augment_batch,
+    collate_planned,
+)
+from CtP.patches import PatchMaskParams
 from CtP.recipe import CtPRecipe
 from CtP.retrieval import build_retrieval_model, extract_features, retrieval_metrics
+from CtP.transforms import IMAGENET_STD, normalize_clip
 from fedvssl.checkpoints import save_global_checkpoint
 from fedvssl.client_data import ClientSettings
 from fedvssl.evaluation import multi_clip
@@ -113,6 +120,7 @@ def test_client_round_on_cuda(
     assert set(record.autocast) == {torch.bfloat16} and record.device_ops["conv3d"] > 0
     # clips decoded by nvJPEG on the device unless the workers make them (augment=cpu)
     assert bool(record.decodes) == (augment != "cpu") and record.hazards == []
+    assert not [c for c in record.h2d() if c.non_blocking and not c.pinned]  # loader pins
     # the arrays for the server are on the host, and they moved
     assert list(state) == list(start) and not any(on_device(v) for v in state.values())
     assert all(v.device.type == "cpu" for v in state.values())
@@ -140,6 +148,24 @@ def test_cuda_steps_wait_for_nothing_between_log_lines(
         assert step["syncs"] == (1 if step["log_line"] else 0), step  # the log line reads losses
         assert step["h2d_transfers"] <= 2 and step["h2d_pageable"] == step["h2d_blocking"] == 0
     assert {s["nvjpeg_calls"] for s in steps} == ({1} if augment == "device" else {0})
+
+
+def test_device_path_on_cuda_draws_the_cpu_paths_clips(pretend_cuda: PretendCuda) -> None:
+    # every colour change and tinted, translucent patches: each table of the device path is used
+    augmentation = CtPAugmentation(
+        crop_size=32, hue_sat_prob=1.0, brightness_prob=1.0, contrast_prob=1.0,
+        patch_params=PatchMaskParams(highlight=0.5, tint="random"),
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    frames = np.stack([rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)] * 8)  # [T, H, W, 3]
+    plans = [augmentation.plan(8, 24, 32, np.random.default_rng(s)) for s in range(4)]
+    cpu = torch.stack([normalize_clip(augmentation.apply(frames, p)) for p in plans])
+    on_gpu = torch.from_numpy(frames).permute(0, 3, 1, 2).to(CUDA_ANY)  # [T, 3, H, W]
+    device = augment_batch([on_gpu] * len(plans), plans, 32)
+    assert device.is_cuda and device.dtype == torch.float32 and device.shape == cpu.shape
+    level = 1 / (255 * min(IMAGENET_STD))  # one grey level in normalised units, at most
+    diff = (device.cpu() - cpu).abs() / level
+    assert float(diff.median()) < 0.01 and float((diff > 1.5).float().mean()) < 0.05
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision's codecs
@@ -269,6 +295,8 @@ def test_finetune_on_cuda_resumes(small: Path, tmp_path: Path, pretend_cuda: Pre
     assert saved["epoch"] == 1 and saved["model"]["cls_head.fc_cls.weight"].device.type == "cpu"
     record = pretend_cuda.reset()
     assert set(record.autocast) == {torch.bfloat16} and record.device_ops["conv3d"] > 0
+    batches = [c for c in record.h2d() if c.non_blocking]  # the model's upload blocks, once
+    assert batches and all(c.pinned for c in batches)
     # the resumed run's optimizer state goes back to the device (a buffer left on the host
     # would meet the device's gradients in SGD's step and raise)
     resumed = run("epochs=2", "resume=true")

@@ -106,6 +106,9 @@ def test_cuda_autocast_casts_as_cuda_does(pretend_cuda: PretendCuda) -> None:
         loss = F.smooth_l1_loss(pooled, torch.zeros_like(pooled))
     assert y.dtype == torch.bfloat16 and y.is_cuda and pooled.dtype == torch.bfloat16
     assert total.dtype == loss.dtype == torch.float32  # sums and losses run in float32
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # torchvision's rule: float32 inside
+        pooled_rois = roi_align(y, torch.tensor([[0.0, 0, 0, 4, 4]], device="cuda"), 2)
+    assert pooled_rois.dtype == torch.bfloat16 and pooled_rois.is_cuda
     torch.testing.assert_close(y.float(), conv(x), rtol=0.02, atol=0.02)  # bf16 rounding only
     loss.backward()
     assert conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
@@ -114,7 +117,7 @@ def test_cuda_autocast_casts_as_cuda_does(pretend_cuda: PretendCuda) -> None:
         assert conv(x).dtype == torch.float32  # CPU autocast does not touch device ops
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=False):
         assert conv(x).dtype == torch.float32
-    assert pretend_cuda.record.autocast == [torch.bfloat16]
+    assert pretend_cuda.record.autocast == [torch.bfloat16] * 2
 
 
 def test_optimizer_and_clipping_stay_on_the_device_without_waiting(
