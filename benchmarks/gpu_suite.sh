@@ -28,7 +28,7 @@
 #
 # With EXTRAS=1 the throughput benchmarks follow, in what time is left: train_step (fp32, bf16,
 # bf16 + channels_last_3d), pipeline, client_round (5 clients x 400 videos, one client process
-# at a time and four side by side) and train_step_compile.
+# at a time and four side by side), aggregation and train_step_compile.
 #
 # It installs nothing and needs PyTorch, torchvision, OpenCV and numpy (PYTHONPATH=.). PyAV is
 # blocked for the benchmarks that must run without it (a stand-in module that refuses to import
@@ -80,6 +80,7 @@ if [ "$SMOKE" = 1 ]; then
     PIPE=(--crop-size 32 --clip-len 8 --workers 0 1 --clips 4 --batch 2 --batches 2)
     ROUND=(--width 8 --batch 2 --crop-size 32 --clip-len 8 --clients 2 --per-client 3
         --parallel 1 2 --rounds 2 --workers 0)
+    AGG=(--clients 2 3 --repeats 1 --distinct 2)
     CAPS=(20 30 60 60 60 120)
 else
     DATA=(--videos 240 --frames 60 --size 320 240)
@@ -96,6 +97,7 @@ else
     PIPE=(--crop-size 112 --clip-len 16 --workers 0 4 14 --clips 64 --batch 32 --batches 6)
     ROUND=(--width 64 --batch 32 --crop-size 112 --clip-len 16 --clients 5 --per-client 400
         --parallel 1 4 --rounds 2 --workers 3 --augment device)
+    AGG=(--clients 10 100 --repeats 3)
     CAPS=(20 45 150 120 90 120)
 fi
 # CAPS: environment data cuda_checks client_epoch synthetic federated (the learning steps share
@@ -293,6 +295,8 @@ if [ "$EXTRAS" = 1 ]; then
         "${PIPE[@]}" --output "$OUT/pipeline.json"
     step client_round 150 "$PY" -m benchmarks.client_round "${DATA[@]}" \
         --data "$WORK/ucf_like" "${ROUND[@]}" --output "$OUT/client_round.json"
+    step aggregation 45 "$PY" -m benchmarks.aggregation "${AGG[@]}" \
+        --output "$OUT/aggregation.json"
     step train_step_compile "$(left)" "$PY" -m benchmarks.train_step "${TRAIN[@]}" \
         --variants bf16_cl compile --output "$OUT/train_step_compile.json"
 fi

@@ -19,10 +19,10 @@ CPU tensors doing the arithmetic, so a whole training step (backward included) r
   ``dtype`` outputs (the arithmetic is float32, as cuDNN accumulates), the ops CUDA runs in
   float32 (losses, softmax, sums, norms, ...) get float32 inputs, and torchvision's RoI ops
   run in float32 and answer in their input's dtype; so activations are bf16 where they would
-  be on a GPU. ``torch.autocast("cpu")`` changes nothing: the pretend device's ops
-  are not CPU ops. (CPU autocast itself is not used: oneDNN's bf16 conv3d weight gradient
-  writes NaN in about one backward in ten on the 2-core AVX-512 build machine, with one thread
-  or two, deterministic or not; with oneDNN off it is 30 times slower.);
+  be on a GPU. ``torch.autocast("cpu")`` changes nothing: the pretend device's ops are not CPU
+  ops. CPU autocast itself is not used: oneDNN's bf16 conv3d weight gradient wrote NaN now and
+  then on the 2-core AVX-512 build machine (in 4 of 8 and 2 of 20 backward passes in two
+  trials, with one thread as with two), and with oneDNN off it is 30 times slower;
 - ``pin_memory()`` returns a copy that ``is_pinned()``; copies to the device are recorded with
   their size, whether the source was pinned and whether they were ``non_blocking``;
 - nvJPEG (``torchvision.io.decode_jpeg(..., device="cuda")``) is stood in for by the CPU decoder,
