@@ -315,7 +315,7 @@ class PretendCuda(TorchFunctionMode):
         patch(torch._C, "_group_tensors_by_device_and_dtype", self._grouped())
         patch(torch.ops.image, "decode_jpegs_cuda", self._decode_jpegs)
         # One torch thread, as a CPU client has: the pretend device's tensors are tiny, and two
-        # threads on two busy cores made a client round 20 times slower (0.5 s against 9-11 s)
+        # threads on two busy cores made a client round 15-20 times slower (9-11 s, 0.5-0.6 s)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         self._patches.callback(torch.set_num_threads, threads)

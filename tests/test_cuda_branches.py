@@ -265,12 +265,27 @@ def test_round_evaluator_on_cuda(synthetic_data_dir: Path, pretend_cuda: Pretend
     assert evaluate(2, state) == first
 
 
-def test_finetune_on_cuda_resumes(small: Path, tmp_path: Path, pretend_cuda: PretendCuda) -> None:
+def test_finetune_on_cuda_resumes(
+    small: Path, tmp_path: Path, pretend_cuda: PretendCuda, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hydra import compose, initialize
     from omegaconf import OmegaConf
 
+    import fedvssl.finetune as finetune_module
     from CtP.ctp import build_ctp
     from fedvssl.finetune import downstream
+
+    seen: set[tuple[bool, torch.device, torch.dtype]] = set()  # (training, device, dtype)
+    build = finetune_module.build_classifier
+
+    def watched(**kwargs: Any) -> Any:
+        model = build(**kwargs)
+        model.backbone.stem.register_forward_hook(
+            lambda module, args, out: seen.add((module.training, out.device, out.dtype))
+        )
+        return model
+
+    monkeypatch.setattr(finetune_module, "build_classifier", watched)
 
     torch.manual_seed(3)
     checkpoint = tmp_path / "round-1-weights.array.npz"
@@ -291,6 +306,8 @@ def test_finetune_on_cuda_resumes(small: Path, tmp_path: Path, pretend_cuda: Pre
 
     first = run("epochs=1")
     assert 0 <= first["top1"] <= first["top5"] <= 100
+    # trained and tested on the device, in bf16
+    assert seen == {(True, CUDA, torch.bfloat16), (False, CUDA, torch.bfloat16)}
     saved = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
     assert saved["epoch"] == 1 and saved["model"]["cls_head.fc_cls.weight"].device.type == "cpu"
     record = pretend_cuda.reset()
