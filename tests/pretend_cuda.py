@@ -70,8 +70,9 @@ NUMPY = (
 )
 CPU_INDEXED = "indices should be either on cpu or on the same device as the indexed tensor (cpu)"
 
-# Process-wide, so that tensors kept across harness sessions (a cached model, a constant table
-# uploaded once per device) stay on the pretend device; weak, so they cost nothing once freed.
+# Process-wide, so that tensors kept from one use of the harness to the next (a cached model, a
+# constant table uploaded once per device) stay on the pretend device; weak, so they cost
+# nothing once freed.
 _ON_DEVICE: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> True
 _PINNED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # storage -> True (pin threads write it)
 _MADE_ON: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (side stream, its work count)
