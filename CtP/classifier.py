@@ -129,7 +129,7 @@ def pretext_classification_losses(logits: Tensor, labels: Tensor) -> dict[str, T
     logits = logits.float()
     with torch.no_grad():
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        trivial = torch.tensor(math.log(logits.shape[1]), device=logits.device)
+        trivial = torch.full((), math.log(logits.shape[1]), device=logits.device)  # no copy
     loss = F.cross_entropy(logits, labels.long())
     return {"loss_cls": loss, "accuracy": accuracy, "trivial_loss": trivial}
 

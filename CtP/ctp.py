@@ -34,8 +34,8 @@ HEAD_INITS = ("reference", "live")
 HeadInit = Literal["reference", "live"]
 
 
-def _stats(values: Sequence[float], like: Tensor) -> Tensor:
-    return torch.as_tensor(values, dtype=like.dtype, device=like.device)
+def _stats(values: Sequence[float] | Tensor, like: Tensor) -> Tensor:
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device)  # a tensor: no copy
 
 
 def _centres_sizes(boxes: Tensor) -> tuple[Tensor, Tensor]:
@@ -45,14 +45,16 @@ def _centres_sizes(boxes: Tensor) -> tuple[Tensor, Tensor]:
     return centres, sizes
 
 
-def encode_targets(gt_trajs: Tensor, means: Sequence[float], stds: Sequence[float]) -> Tensor:
+def encode_targets(
+    gt_trajs: Tensor, means: Sequence[float] | Tensor, stds: Sequence[float] | Tensor
+) -> Tensor:
     """Encode box trajectories as standardised deltas from each trajectory's frame-0 box.
 
     Parameters
     ----------
     gt_trajs : Tensor
         Boxes ``[B, N, T, 4]`` as (x1, y1, x2, y2) in input pixels.
-    means, stds : sequence of four floats
+    means, stds : sequence of four floats, or tensors ``[4]``
         Standardisation of (dx, dy, dlogw, dlogh).
 
     Returns
@@ -69,7 +71,10 @@ def encode_targets(gt_trajs: Tensor, means: Sequence[float], stds: Sequence[floa
 
 
 def decode_predictions(
-    deltas: Tensor, query_boxes: Tensor, means: Sequence[float], stds: Sequence[float]
+    deltas: Tensor,
+    query_boxes: Tensor,
+    means: Sequence[float] | Tensor,
+    stds: Sequence[float] | Tensor,
 ) -> Tensor:
     """Turn standardised deltas back into boxes (the inverse of :func:`encode_targets`).
 
@@ -79,7 +84,7 @@ def decode_predictions(
         ``[..., T, 4]`` standardised (dx, dy, dlogw, dlogh).
     query_boxes : Tensor
         ``[..., 4]`` frame-0 boxes (x1, y1, x2, y2).
-    means, stds : sequence of four floats
+    means, stds : sequence of four floats, or tensors ``[4]``
         The standardisation used for the targets.
 
     Returns
@@ -156,12 +161,16 @@ class CtPHead(nn.Module):
     num_pred_frames : int
         Frames predicted per query (the clip length).
     target_means, target_stds : sequence of four floats
-        Standardisation of the targets; plain attributes, not part of the state dict.
+        Standardisation of the targets; plain attributes (and the buffers ``target_mean``
+        and ``target_std``), not part of the state dict.
     init : {"reference", "live"}
         ``"reference"``: ``fc1`` and ``pred_head`` weights from N(0, 0.001), as the original;
         ``"live"``: ``fc1`` keeps PyTorch's default (uniform, bound ``1 / sqrt(fan_in)``),
         ``pred_head`` is the reference's. Biases start at zero either way.
     """
+
+    target_mean: Tensor  # [4]
+    target_std: Tensor  # [4]
 
     def __init__(
         self,
@@ -190,6 +199,10 @@ class CtPHead(nn.Module):
         self.num_pred_frames = num_pred_frames
         self.target_means = tuple(float(m) for m in target_means)
         self.target_stds = tuple(float(s) for s in target_stds)
+        # the same values as tensors that move with the model (not in the state dict): the
+        # loss reads them every step, and a tensor made from Python values is a copy each time
+        self.register_buffer("target_mean", torch.tensor(self.target_means), persistent=False)
+        self.register_buffer("target_std", torch.tensor(self.target_stds), persistent=False)
         self.temporal_conv = nn.Conv3d(
             in_channels, hidden_channels, (in_temporal_size, 1, 1), bias=True
         )
@@ -303,7 +316,7 @@ class CtP(nn.Module):
             )
         gt_trajs = gt_trajs.float()
         deltas = self.predict_deltas(imgs, gt_trajs[:, :, 0])  # [B, N, T, 4]
-        targets = encode_targets(gt_trajs, self.head.target_means, self.head.target_stds)
+        targets = encode_targets(gt_trajs, self.head.target_mean, self.head.target_std)
         losses = trajectory_losses(deltas, targets, gt_weights)
         return losses | {"trivial_loss": trivial_loss(targets, gt_weights)}
 
@@ -324,9 +337,7 @@ class CtP(nn.Module):
         """
         query_boxes = query_boxes.float()
         deltas = self.predict_deltas(imgs, query_boxes).float()
-        return decode_predictions(
-            deltas, query_boxes, self.head.target_means, self.head.target_stds
-        )
+        return decode_predictions(deltas, query_boxes, self.head.target_mean, self.head.target_std)
 
 
 def build_ctp(

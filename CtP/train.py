@@ -9,7 +9,8 @@ and on CUDA) and, on CUDA, run under bf16 autocast. It writes a JSON-lines log s
 original's ``*.log.json`` (mode, epoch, iter, lr, time, data_time, loss and each loss term and
 measurement, one line every ``log_interval`` iterations and one for the trailing partial
 interval) and returns the epoch's mean training loss and the mean of every other entry, which
-the federated client reports to the server.
+the federated client reports to the server. Between log lines a step never makes the host wait
+for the device: the losses are read back once per log line, in one transfer.
 """
 
 from __future__ import annotations
@@ -143,6 +144,34 @@ class _IntervalLog:
         self.sums, self.count = {}, 0
 
 
+@dataclass
+class _Step:
+    """One training step's losses (device tensors) and timings, until they are read."""
+
+    losses: dict[str, Tensor]
+    time: float  # the step's and its batch's seconds, as the host saw them
+    data_time: float
+
+
+def _settle(steps: list[_Step], totals: dict[str, float], interval: _IntervalLog) -> float:
+    """Read the steps' losses in one transfer, add them to the totals and the log; forget them.
+
+    Returns the last step's loss (NaN without steps). The values are those ``float()`` of each
+    loss would give, added in the same order.
+    """
+    flat = [value for step in steps for value in step.losses.values()]
+    numbers = iter(torch.stack([v.float() for v in flat]).tolist() if flat else [])  # one wait
+    last = math.nan
+    for step in steps:
+        values = {key: next(numbers) for key in step.losses}
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value
+        interval.add(values | {"time": step.time, "data_time": step.data_time})
+        last = values["loss"]
+    steps.clear()
+    return last
+
+
 def training_loss(losses: Mapping[str, Tensor]) -> Tensor:
     """Sum the entries named ``loss*``; the others (``trivial_loss``) are measurements."""
     loss = sum(v for k, v in losses.items() if k.startswith("loss"))
@@ -216,6 +245,7 @@ def train_one_epoch(
     lr = float(optimizer.param_groups[0]["lr"])
     interval = _IntervalLog(log_path, epoch, lr)
     totals: dict[str, float] = {}
+    steps: list[_Step] = []  # since the last log line: losses still on the device, and timings
     result = EpochResult(loss=math.nan)
     started = time.perf_counter()
     bar = progress_bar(total=len(loader), desc=f"epoch {epoch}", enabled=progress, leave=False)
@@ -232,18 +262,19 @@ def train_one_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
 
-        values = {k: float(v.detach()) for k, v in losses.items()} | {"loss": float(loss.detach())}
-        for key, value in values.items():
-            totals[key] = totals.get(key, 0.0) + value
+        # the losses stay on the device until the next log line: reading one makes the host
+        # wait for the device, which then idles while the host prepares the next batch
+        values = {k: v.detach() for k, v in losses.items()} | {"loss": loss.detach()}
         result.iterations = iteration
         result.samples += len(inputs["imgs"])
-        step_time = time.perf_counter() - step_start
-        interval.add(values | {"time": step_time + data_time, "data_time": data_time})
+        steps.append(_Step(values, time.perf_counter() - step_start + data_time, data_time))
         if iteration % log_interval == 0:
+            last = _settle(steps, totals, interval)
             interval.flush(iteration)
-        bar.set_postfix(loss=f"{values['loss']:.4f}")
+            bar.set_postfix(loss=f"{last:.4f}")
         bar.update()
     bar.close()
+    _settle(steps, totals, interval)
     interval.flush(result.iterations)
     if result.iterations:
         means = {k: v / result.iterations for k, v in totals.items()}

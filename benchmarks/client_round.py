@@ -38,7 +38,7 @@ import torch
 from benchmarks import machine_info, pick_device, write_report
 from benchmarks.pipeline import add_input_arguments, open_input
 from CtP.datasets import Annotation
-from fedvssl.client_data import ClientSettings
+from fedvssl.settings import ClientSettings
 
 BASELINE_CLIPS = 20 * 5 * 1907  # the Flower baseline's UCF-101 run: 20 rounds, 5 clients (§4.1)
 PARTITION = "annotations/client_distribution/client_dist{client}.json"

@@ -107,7 +107,7 @@ def _spreads(model: CtP, batch: dict[str, Tensor]) -> tuple[float, float]:
     """Spread (std) of the predicted and of the target standardised deltas on one batch."""
     head = model.head
     predicted = model.predict_deltas(batch["imgs"], batch["gt_trajs"][:, :, 0])  # [B,N,T,4]
-    targets = encode_targets(batch["gt_trajs"], head.target_means, head.target_stds)
+    targets = encode_targets(batch["gt_trajs"], head.target_mean, head.target_std)
     return float(predicted.std()), float(targets.std())
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ def train_run(
     classes: list[str] | None = None,
     device: str = "cpu",
     workers: int = 0,
+    max_seconds: float = math.inf,
 ) -> list[dict]:
     """Train the composed config's pretext centrally; return one record per window of steps.
 
@@ -138,6 +140,8 @@ def train_run(
                 })  # fmt: skip
                 print(f"  step {step}: ratio {records[-1]['ratio']:.3f}", flush=True)
                 current = []
+                if time.perf_counter() - started > max_seconds:  # stop at a window's end
+                    return records
             if step >= steps:
                 break
         epoch += 1
@@ -173,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--workers", type=int, default=0, help="loader worker processes")
+    parser.add_argument(
+        "--max-seconds", type=float, default=math.inf, help="per run: stop at the next window"
+    )
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     device = pick_device(args.device)
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         windows = train_run(
             composed(overrides), args.dataset_root, args.steps, args.window, args.seed,
             optimizer_name=args.optimizer, fixed_batch=args.fixed_batch, classes=args.classes,
-            device=str(device), workers=args.workers,
+            device=str(device), workers=args.workers, max_seconds=args.max_seconds,
         )  # fmt: skip
         report["runs"].append({"overrides": overrides, "windows": windows})
         write_report(report, args.output)

@@ -22,8 +22,9 @@ from CtP.device_augmentation import DeviceAugmentation
 from CtP.pretext import Pretext
 from CtP.train import build_optimizer, train_one_epoch
 from fedvssl.checkpoints import check_finite
-from fedvssl.client_data import ClientSettings, augments_on_device, round_loader
+from fedvssl.client_data import augments_on_device, round_loader
 from fedvssl.data.atomic import atomic_path
+from fedvssl.settings import ClientSettings
 
 _MODELS: dict[tuple[Pretext, int, int, str], nn.Module] = {}
 

@@ -17,9 +17,10 @@ import pytest
 
 if TYPE_CHECKING:
     import torch
+    from pretend_cuda import PretendCuda
 
     from CtP.pretext import Pretext
-    from fedvssl.client_data import ClientSettings
+    from fedvssl.settings import ClientSettings
 
 # Flower must neither phone home nor touch the user's ~/.flwr during tests.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -29,6 +30,15 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
 Serve = Callable[[type[http.server.BaseHTTPRequestHandler]], str]
+
+
+@pytest.fixture
+def pretend_cuda() -> Iterator[PretendCuda]:
+    """A GPU made of CPU tensors (tests/pretend_cuda.py): the package takes its CUDA branches."""
+    from pretend_cuda import PretendCuda
+
+    with PretendCuda() as harness:
+        yield harness
 
 
 @pytest.fixture
@@ -152,7 +162,7 @@ def tiny_video_root(tmp_path: Path) -> Path:
 
 def settings_for(data_dir: Path, results: Path) -> ClientSettings:
     """Tiny client settings over the prepared synthetic set of ``data_dir`` (width 16, 8x32x32)."""
-    from fedvssl.client_data import ClientSettings
+    from fedvssl.settings import ClientSettings
 
     return ClientSettings(
         results_dir=str(results),

@@ -290,13 +290,13 @@ def test_pretext_learning_controls(synthetic_data_dir: Path, tmp_path: Path) -> 
 def test_pretext_learning_classes_and_devices(synthetic_data_dir: Path, tmp_path: Path) -> None:
     # --classes keeps the named classes' videos; an unknown class or GPU is refused in one line.
     report = pretext_learning(
-        synthetic_data_dir, tmp_path / "zoom.json", "--steps", "2", "--window", "2",
+        synthetic_data_dir, tmp_path / "zoom.json", "--steps", "6", "--window", "2",
         "--classes", "ZoomIn", "ZoomOut", "--runs", f"pretext=speed {TINY_PRETEXT}",
-        "--workers", "1",
+        "--workers", "1", "--max-seconds", "0",
     )  # fmt: skip
     assert report["classes"] == ["ZoomIn", "ZoomOut"]
     assert report["device"] == "cpu" and report["workers"] == 1
-    assert [w["step"] for w in report["runs"][0]["windows"]] == [2]
+    assert [w["step"] for w in report["runs"][0]["windows"]] == [2]  # out of time: one window
     root = str(synthetic_data_dir / "synthetic")
 
     def refused(*args: str) -> str:
@@ -345,3 +345,24 @@ def test_synthetic_downstream_sends_data_dir_to_both_steps(
     assert main[1] == "fedvssl.main" and main[-2:] == ["pretext=vcop", "data_dir=data/light"]
     assert [t[-1] for t in tunes] == ["data_dir=data/light"] * 2  # pre-trained and random
     assert any("round-15-weights" in a for a in tunes[0])
+
+
+def test_every_injected_device_bug_still_applies_to_one_line() -> None:
+    from benchmarks.mutation_check import BUGS, load_bugs
+
+    bugs = load_bugs(BUGS, None)
+    assert len(bugs) >= 10 and len({b.name for b in bugs}) == len(bugs)
+    for bug in bugs:
+        text = (ROOT / bug.file).read_text()
+        changed = bug.inject(text)  # exits when the line is gone or not unique
+        assert changed != text and len(changed.splitlines()) == len(text.splitlines()), bug.name
+
+
+def test_cuda_checks_say_skipped_without_a_gpu(tmp_path: Path) -> None:
+    from benchmarks.cuda_checks import CHECKS, main
+
+    main(["--videos", "2", "--frames", "10", "--size", "48", "36", "--data",
+          str(tmp_path / "set"), "--output", str(tmp_path / "checks.json")])  # fmt: skip
+    report = json.loads((tmp_path / "checks.json").read_text())
+    assert report["checks"] == {name: {"skipped": "no CUDA device"} for name in CHECKS}
+    assert report["input"]["videos"] == 2

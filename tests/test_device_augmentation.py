@@ -13,7 +13,13 @@ import torch
 from conftest import global_model, settings_for
 
 from CtP.ctp_augmentation import CtPAugmentation
-from CtP.datasets import CtPDataset, ZipFrameSource, _decode_jpeg, load_annotations
+from CtP.datasets import (
+    CtPDataset,
+    VideoFileSource,
+    ZipFrameSource,
+    _decode_jpeg,
+    load_annotations,
+)
 from CtP.device_augmentation import (
     DeviceAugmentation,
     PlannedClips,
@@ -120,6 +126,24 @@ def test_planned_clips_are_the_cpu_datasets_clips(synthetic_data_dir: Path) -> N
     assert all(isinstance(f, list) and len(f) == 8 for f in batch["frames"])  # JPEG bytes
     inputs = DeviceAugmentation(32, CPU)(batch)
     expected = [cpu[i] for i in range(6)]
+    assert torch.equal(inputs["gt_trajs"], torch.stack([s["gt_trajs"] for s in expected]))
+    diff = (inputs["imgs"] - torch.stack([s["imgs"] for s in expected])).abs() / LEVEL
+    assert float(diff.median()) < 0.01 and float((diff > 1.5).float().mean()) < 0.03
+
+
+def test_planned_video_clips_travel_packed_and_are_the_cpu_datasets_clips(
+    tiny_video_root: Path,
+) -> None:
+    items = load_annotations(tiny_video_root / "annotations.json")
+    source, augmentation = VideoFileSource(tiny_video_root), CtPAugmentation(crop_size=32)
+    cpu = CtPDataset(items, source, augmentation, clip_len=8, seed=4)
+    planned = PlannedClips(items, source, augmentation, clip_len=8, seed=4)
+    batch = collate_planned([planned[i] for i in range(3)])
+    # decoded frames go to the device as one flat tensor, not one per clip
+    assert isinstance(batch["frames"], torch.Tensor) and batch["frames"].dim() == 1
+    assert batch["frame_shapes"] == [(8, 3, 48, 64)] * 3
+    inputs = DeviceAugmentation(32, CPU)(batch)
+    expected = [cpu[i] for i in range(3)]
     assert torch.equal(inputs["gt_trajs"], torch.stack([s["gt_trajs"] for s in expected]))
     diff = (inputs["imgs"] - torch.stack([s["imgs"] for s in expected])).abs() / LEVEL
     assert float(diff.median()) < 0.01 and float((diff > 1.5).float().mean()) < 0.03
