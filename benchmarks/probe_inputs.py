@@ -333,7 +333,7 @@ def state_probes(s: Scratch, main: Callable[..., list[str]]) -> list[Probe]:
 HOLDERS: list[subprocess.Popen[str]] = []
 HOLDER = """import sys, time
 from pathlib import Path
-from fedvssl.run_folder import acquire_lock
+from fedvssl.guard.run_folder import acquire_lock
 acquire_lock(Path(sys.argv[1]))
 print("locked", flush=True)
 time.sleep(120)

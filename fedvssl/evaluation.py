@@ -26,8 +26,8 @@ from CtP.datasets import (
 )
 from CtP.retrieval import RetrievalModel, build_retrieval_model, evaluate_retrieval
 from CtP.transforms import EvalTransform
-from fedvssl import config_values as values
 from fedvssl.data.errors import DataError
+from fedvssl.guard import config_values as values
 
 logger = logging.getLogger(__name__)
 

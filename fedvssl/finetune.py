@@ -36,7 +36,6 @@ from CtP.retrieval import build_retrieval_model, extract_features, retrieval_met
 from CtP.train import build_optimizer, make_loader, train_one_epoch
 from CtP.transforms import FinetuneAugmentation
 from fedvssl.checkpoints import CheckpointError, check_finite, load_backbone_state
-from fedvssl.command_line import check_command_line
 from fedvssl.data.atomic import atomic_path, write_bytes_atomic
 from fedvssl.evaluation import (
     Config,
@@ -47,15 +46,16 @@ from fedvssl.evaluation import (
     pick_device,
 )
 from fedvssl.finetune_settings import FinetuneSettings
-from fedvssl.fingerprint import (
+from fedvssl.guard.command_line import check_command_line
+from fedvssl.guard.fingerprint import (
     FINETUNE_FREE,
     check_fingerprint,
     deciding,
     file_hash,
     write_fingerprint,
 )
+from fedvssl.guard.run_folder import RunFolder, hydra_record
 from fedvssl.published import DRIVE_URL, resolve_checkpoint
-from fedvssl.run_folder import RunFolder, hydra_record
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def check_resumed(run: FinetuneSettings, run_dir: Path, fingerprint: dict[str, A
     """Refuse to resume with other settings or another pre-trained file than the folder's run.
 
     Resuming reuses ``retrieval.json`` and continues ``last.pt``: both must come from the same
-    deciding settings and pre-trained file (:mod:`fedvssl.fingerprint`).
+    deciding settings and pre-trained file (:mod:`fedvssl.guard.fingerprint`).
     """
     if run.resume and any((run_dir / name).is_file() for name in ("last.pt", "retrieval.json")):
         check_fingerprint(run_dir, fingerprint)
@@ -250,7 +250,7 @@ def downstream(
     """Run retrieval, then fine-tuning and test; write and return ``results.json``'s content.
 
     Every check that can refuse the run comes before ``accept()``, which makes the run the owner
-    of its folder (:class:`fedvssl.run_folder.RunFolder`); then its fingerprint is written.
+    of its folder (:class:`fedvssl.guard.run_folder.RunFolder`); then its fingerprint is written.
     """
     started, run_dir = time.perf_counter(), Path(run_dir)
     run = FinetuneSettings.from_config(cfg)

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedvssl import config_values as values
-from fedvssl.config_values import ConfigValueError
 from fedvssl.evaluation import DownstreamError
+from fedvssl.guard import config_values as values
+from fedvssl.guard.config_values import ConfigValueError
 
 # Settings that must be at least 1 (epochs may be 0: retrieval only).
 POSITIVE_KEYS = ("batch_size", "clip_len", "crop_size", "frame_stride", "num_clips",

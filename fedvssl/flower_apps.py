@@ -16,8 +16,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedvssl.client_app import partition_reply, train_reply
+from fedvssl.guard.run_folder import RunFolder
 from fedvssl.run_config import node_client_settings, run_dir_of, server_run
-from fedvssl.run_folder import RunFolder
 from fedvssl.server_app import serve
 from fedvssl.settings import RunFailedError, user_errors
 

@@ -6,9 +6,10 @@
 4. leave checkpoints, client logs, ``metrics.json`` and ``metrics.png`` in the run folder.
 
 ``pre_train=false pretrained_model_path=PATH`` routes to retrieval + fine-tuning instead (the
-original's ``--pre_train=False``). Bad input ends the run with one ``error:`` line and exit code 2,
-before anything in the run folder changes (:mod:`fedvssl.run_folder`); a run that starts and then
-fails (its rounds aggregate nothing, its model is not finite) ends with one and exit code 1.
+original's ``--pre_train=False``). Bad input ends the run with one ``error:`` line and exit code
+2, before anything in the run folder changes (:mod:`fedvssl.guard.run_folder`); a run that starts
+and then fails (its rounds aggregate nothing, its model is not finite) ends with one and exit
+code 1.
 
 The torch and Flower modules are imported when a run needs them, not with this module: the
 worker processes that prepare the synthetic dataset import it afresh, and should not wait for them.
@@ -26,10 +27,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedvssl import config_values as values
 from fedvssl import settings
-from fedvssl.command_line import check_command_line
-from fedvssl.run_folder import RunFolder, hydra_record
+from fedvssl.guard import config_values as values
+from fedvssl.guard.command_line import check_command_line
+from fedvssl.guard.run_folder import RunFolder, hydra_record
 
 logger = logging.getLogger("fedvssl")
 
@@ -43,7 +44,7 @@ def pretrain(cfg: dict[str, Any], run_dir: str, accept: Callable[[], None]) -> f
     settings.check_config(cfg)  # bad input and missing data end here, in seconds: no torch yet
     settings.ensure_dataset(cfg["dataset"], cfg["data_dir"], int(cfg["pool_size"]))
     from fedvssl.client_app import make_client_app
-    from fedvssl.fingerprint import pretraining_fingerprint, write_fingerprint
+    from fedvssl.guard.fingerprint import pretraining_fingerprint, write_fingerprint
     from fedvssl.server_app import make_server_app, start_point
     from fedvssl.simulation import check_ray_init_args, simulate
 

@@ -31,13 +31,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedvssl import config_values as values
 from fedvssl.aggregation import check_alpha, check_beta
-from fedvssl.command_line import CommandLineError, check_command_line, check_overrides
 from fedvssl.data.atomic import write_bytes_atomic
+from fedvssl.guard import config_values as values
+from fedvssl.guard.command_line import CommandLineError, check_command_line, check_overrides
+from fedvssl.guard.run_folder import RunFolder, hydra_record
 from fedvssl.published import MANIFEST, PREFIX, Published, lookup
 from fedvssl.report_table import Row, write_report
-from fedvssl.run_folder import RunFolder, hydra_record
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +236,8 @@ def run_row(cfg: dict[str, Any], row: Setting) -> Row:
 def report(cfg: dict[str, Any], accept: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run every cell that is not done yet and write the report; return ``report.json``'s data.
 
-    ``accept()`` is called once the settings are checked (:class:`fedvssl.run_folder.RunFolder`).
+    ``accept()`` is called once the settings are checked
+    (:class:`fedvssl.guard.run_folder.RunFolder`).
     """
     rows = settings(cfg)
     if accept is not None:

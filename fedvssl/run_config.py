@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, cast
 from flwr.app import Context
 
 if TYPE_CHECKING:
-    from fedvssl.run_folder import RunFolder
+    from fedvssl.guard.run_folder import RunFolder
     from fedvssl.server_app import StartPoint
     from fedvssl.settings import ClientSettings, EvaluateFn, ServerSettings
 
@@ -68,7 +68,7 @@ def _compose(overrides: tuple[str, ...]) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from fedvssl.command_line import CommandLineError, check_overrides
+    from fedvssl.guard.command_line import CommandLineError, check_overrides
 
     try:
         check_overrides("base", list(overrides), multirun=False)  # unknown keys, with or without +
@@ -133,7 +133,7 @@ def server_run(
     on first use, as ``python -m fedvssl.main`` does; a real dataset lives on the nodes, so the
     server does not look for it unless it evaluates.
     """
-    from fedvssl.fingerprint import pretraining_fingerprint, write_fingerprint
+    from fedvssl.guard.fingerprint import pretraining_fingerprint, write_fingerprint
     from fedvssl.server_app import start_point
     from fedvssl.settings import announce, ensure_dataset, pretraining, round_evaluator
 

@@ -46,7 +46,7 @@ from fedvssl.checkpoints import (
     round_checkpoint_path,
     save_global_checkpoint,
 )
-from fedvssl.fingerprint import check_fingerprint, pretraining_fingerprint
+from fedvssl.guard.fingerprint import check_fingerprint, pretraining_fingerprint
 from fedvssl.history import History, RoundRecord
 from fedvssl.settings import EvaluateFn, RunStateError, ServerSettings
 from fedvssl.strategy import FedVSSL, Layout, layout_of

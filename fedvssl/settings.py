@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedvssl import config_values as values
 from fedvssl.data.errors import DataError
+from fedvssl.guard import config_values as values
 from fedvssl.strategy_config import StrategySettings, resolve_strategy
 
 if TYPE_CHECKING:

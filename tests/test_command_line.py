@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fedvssl.command_line import command_line_problem
+from fedvssl.guard.command_line import command_line_problem
 from fedvssl.settings import check_config
 
 ROOT = Path(__file__).resolve().parents[1]

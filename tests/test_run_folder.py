@@ -27,8 +27,8 @@ from conftest import SMOKE
 
 from CtP.ctp import build_ctp
 from fedvssl.checkpoints import save_global_checkpoint
-from fedvssl.fingerprint import FingerprintError, differences, write_fingerprint
-from fedvssl.run_folder import (
+from fedvssl.guard.fingerprint import FingerprintError, differences, write_fingerprint
+from fedvssl.guard.run_folder import (
     LOCK_FILE,
     RunFolder,
     RunFolderError,

@@ -34,7 +34,7 @@ from torch import nn
 
 from CtP.pretext import Pretext
 from fedvssl.checkpoints import load_global_checkpoint, round_checkpoint_path
-from fedvssl.fingerprint import FingerprintError, pretraining_fingerprint, write_fingerprint
+from fedvssl.guard.fingerprint import FingerprintError, pretraining_fingerprint, write_fingerprint
 from fedvssl.history import History, HistoryError
 from fedvssl.server_app import (
     ServerSettings,

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Sections whose keys are passed on rather than read from conf/: None takes any key, a config
 # name takes the keys of that config.
 OPEN_SECTIONS: dict[str, dict[str, str | None]] = {
