@@ -317,7 +317,7 @@ def predict_videos(
         clips = _to_device({"imgs": imgs.flatten(0, 1)}, device, channels_last)["imgs"]
         with autocast(device, bf16):
             out = model(clips)  # [B*K, D]
-        outputs.append(out.float().reshape(b, k, -1).mean(dim=1).cpu())
+        outputs.append(out.float().reshape(b, k, -1).mean(dim=1))  # [B, D], on the device
         labels.append(batch["label"])
         valid.append(batch["valid"])
-    return torch.cat(outputs), torch.cat(labels), torch.cat(valid)
+    return torch.cat(outputs).cpu(), torch.cat(labels), torch.cat(valid)  # one wait, at the end

@@ -47,6 +47,7 @@ from benchmarks import write_report
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke", "client_resources.num_cpus=1", "log_interval=2"]
 FINETUNE = ["clip_len=8", "crop_size=32", "num_clips=2", "batch_size=4", "progress=false"]
+PREP = "dataset_preparation.py"
 RECORD = (".hydra", "main.log", "finetune.log", "report.log", "metrics.json", "results.json")
 
 
@@ -230,6 +231,10 @@ def main_probes(s: Scratch) -> list[Probe]:
             ["dataset_preparation.py --dataset ucf101"],
         ),
         (["ray_init_args.address=127.0.0.1:9"], ["cannot join the Ray cluster"]),
+        (
+            ["+ray_init_args.num_cpuss=2"],
+            ["not an argument of ray.init", "ray_init_args.num_cpus?"],
+        ),
     ]
     probes += [
         Probe(f"main {' '.join(args)}", "fedvssl.main", main(f"k{i}", *args), "refused", names)
@@ -394,6 +399,9 @@ def data_probes(s: Scratch, main: Callable[..., list[str]]) -> list[Probe]:
         (root / "zips").unlink()
         (root / "zips").mkdir()
 
+    def empty_partition(root: Path) -> None:
+        (root / "annotations" / "client_distribution" / "client_dist2.json").write_text("[]")
+
     def test_video_in_partition(root: Path) -> None:
         test = json.loads((root / "annotations" / "test_split_1.json").read_text())
         path = root / "annotations" / "client_distribution" / "client_dist1.json"
@@ -405,6 +413,7 @@ def data_probes(s: Scratch, main: Callable[..., list[str]]) -> list[Probe]:
         ("a video under two labels", edit("test_split_1.json", twice),
          ["test_split_1.json", "a video has one label"]),
         ("a malformed partition", malformed, ["client_dist2.json is not valid JSON"]),
+        ("an empty partition", empty_partition, ["client_dist2.json", "lists no videos"]),
         ("videos without frames", unzipped, ["listed videos have no frames"]),
         ("a test video in a partition", test_video_in_partition,
          ["client_dist1.json: record", "is not a video of the train list"]),
@@ -523,9 +532,10 @@ def tool_probes(s: Scratch) -> list[Probe]:
         (lists / "ok.txt").write_text("".join(f"c{i}/v{i} {i % 4 + 1}\n" for i in range(20)))
 
     k400 = "data_partitioning_k400.py"
-    prep = "dataset_preparation.py"
+    prep = PREP
     a_file = s.root / "a_file"
     return [
+        *raw_video_probes(s),
         Probe("k400 a video under two labels", k400, ["--annotations", str(lists / "twice.txt"),
               "--output", str(s.path("k0"))], "refused", ["twice.txt:3", "a video has one label"],
               setup=write_lists),
@@ -553,6 +563,51 @@ def tool_probes(s: Scratch) -> list[Probe]:
         Probe("published fetch nope", "fedvssl.published", ["fetch", "nope"], "refused",
               ["no published checkpoint is called 'nope'"]),
     ]  # fmt: skip
+
+
+def raw_video_probes(s: Scratch) -> list[Probe]:
+    """Bad K-400 downloads and folders of one's own videos (refused before any video is read)."""
+    raw = s.root / "k400"
+    header = "label,youtube_id,time_start,time_end,split"
+    row = "hurling (sport),y01_Ab-cdEf,1,11,train"
+
+    def write_raw() -> None:
+        for folder in ("train", "val", "no_val", "other_header", "no_videos/annotations"):
+            (raw / folder).mkdir(parents=True, exist_ok=True)
+        (raw / "train" / "y01_Ab-cdEf_000001_000011.mp4").write_bytes(b"a video")
+        for name in ("train.csv", "val.csv"):
+            (raw / name).write_text(f"{header}\n{row}\n")
+            (raw / "other_header" / name).write_text(f"{header.replace('youtube', 'video')}\n")
+            (raw / "no_videos" / "annotations" / name).write_text(f"{header}\n{row}\n")
+        (raw / "no_val" / "train.csv").write_text(f"{header}\n{row}\n")
+        (raw / "partitions").mkdir(exist_ok=True)
+        (raw / "partitions" / "client_dist1.json").write_text(
+            '[{"name": "abseiling/x_000001_000011", "label": 290}]'
+        )
+        (raw / "cameras" / "cam1").mkdir(parents=True, exist_ok=True)
+        (raw / "cameras" / "cam1" / "a.mp4").write_bytes(b"a video")
+
+    def prep(name: str, *args: str) -> list[str]:
+        return [*args, "--data-dir", str(s.path(name)), "--no-disk-check"]
+
+    k400 = ["--dataset", "k400", "--raw", str(raw)]
+    probes = [
+        Probe("prep k400 with no val.csv", PREP, prep("v0", *k400, "--annotations",
+              str(raw / "no_val")), "refused", ["has no val.csv or validate.csv"]),
+        Probe("prep k400 a CSV with another header", PREP, prep("v1", *k400, "--annotations",
+              str(raw / "other_header")), "refused", ["a Kinetics-400 CSV starts with"]),
+        Probe("prep k400 --raw with no videos", PREP, prep("v2", "--dataset", "k400", "--raw",
+              str(raw / "no_videos")), "refused", ["holds no .mp4/.webm/.mkv videos"]),
+        Probe("prep k400 --partitions that match no video", PREP, prep("v3", *k400,
+              "--annotations", str(raw), "--partitions", str(raw / "partitions")), "refused",
+              ["no entry of the --partitions files"]),
+        Probe("prep videos --partition-by folder with one folder", PREP, prep("v4", "--dataset",
+              "videos", "--raw", str(raw / "cameras"), "--partition-by", "folder"), "refused",
+              ["one top-level folder"]),
+    ]  # fmt: skip
+    for probe in probes:
+        probe.setup = write_raw  # each can run alone (--only)
+    return probes
 
 
 def probes(s: Scratch) -> list[Probe]:

@@ -7,8 +7,11 @@ one-file change. Ray is started and stopped by every call, so Hydra multiruns re
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import os
+import re
 import socket
 from typing import Any, cast
 
@@ -52,7 +55,7 @@ def quiet_flower_logging() -> None:
 
 
 class RayClusterError(ValueError):
-    """``ray_init_args`` that cannot join the Ray cluster they name; the message says what to do."""
+    """``ray_init_args`` that ``ray.init`` would refuse, or a Ray cluster they cannot join."""
 
 
 # ray.init refuses these when it joins a running cluster: the cluster's own resources count.
@@ -99,9 +102,34 @@ def given_init_args(ray_init_args: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (ray_init_args or {}).items() if v is not None}
 
 
+def ray_init_keys() -> set[str]:
+    """Return the keyword arguments ``ray.init`` takes.
+
+    They are its parameters and the private ``_options`` it reads from ``**kwargs``; any other
+    key makes it raise, and ``run_simulation`` then hangs.
+    """
+    import ray
+
+    source = inspect.getsource(ray.init)
+    private = re.findall(r"kwargs\.pop\(\s*[\"'](_\w+)[\"']", source)
+    return (set(inspect.signature(ray.init).parameters) - {"kwargs"}) | set(private)
+
+
 def check_ray_init_args(ray_init_args: dict[str, Any] | None) -> None:
-    """Fail with one line, before a run starts, when ``ray_init_args`` name a cluster not there."""
+    """Fail with one line, before a run starts, when ``ray_init_args`` will not start Ray.
+
+    That is a key ``ray.init`` does not take, or a cluster address with nothing there.
+    """
     given = given_init_args(ray_init_args)
+    known = ray_init_keys() if given else set()
+    unknown = sorted(set(given) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f" (did you mean ray_init_args.{close[0]}?)" if close else ""
+        raise RayClusterError(
+            f"ray_init_args.{unknown[0]} is not an argument of ray.init{hint}: drop it, or use "
+            "one that ray.init documents"
+        )
     if "address" in given:
         check_ray_cluster(given)
 

@@ -234,6 +234,7 @@ def test_retrieval_on_cuda(small: Path) -> None:
     assert set(record.autocast) == {torch.bfloat16} and record.device_ops["conv3d"] > 0
     uploads = record.h2d()
     assert len(uploads) == 2 and all(c.pinned and c.non_blocking for c in uploads)  # the batches
+    assert len(record.syncs) == 1, record.syncs  # the features come back once, not per batch
     torch.testing.assert_close(on_gpu.feats, on_cpu.feats, rtol=0.05, atol=0.02)  # bf16 only
     assert metrics == {"R@1": 100.0, "R@5": 100.0}  # every video finds itself first
 

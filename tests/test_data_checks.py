@@ -94,6 +94,9 @@ def test_partitions_are_checked_and_written_only_into_a_folder(tmp_path: Path) -
     second.write_text('[{"name": "B/b"}]')
     with pytest.raises(DataError, match=r"client_dist2\.json: record 0 must be"):
         check_client_lists(train, [first, second])
+    write(second, [])
+    with pytest.raises(DataError, match=r"client 2, .*client_dist2\.json, lists no videos"):
+        check_client_lists(train, [first, second])
     write(second, train[1:])
     check_client_lists(train, [first, second])
 
@@ -144,6 +147,11 @@ def test_a_prepared_dataset_names_what_is_wrong_with_it(tmp_path: Path) -> None:
     (root / "annotations" / "client_distribution" / "client_dist2.json").write_text("[{")
     assert "client_dist2.json is not valid JSON" in refusal()
     write(root / "annotations" / "client_distribution" / "client_dist2.json", [])
+    assert "partition of client 2, " in refusal() and "lists no videos" in refusal()
+    write(
+        root / "annotations" / "client_distribution" / "client_dist2.json",
+        [{"name": "B/b", "label": 2}],
+    )
     with pytest.raises(DataNotReadyError, match="partition of client 3"):
         ensure_dataset(dataset, str(tmp_path), 3)
     with pytest.raises(DataNotReadyError, match="is not a dataset folder"):

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from fedvssl.checkpoints import load_global_checkpoint
+from fedvssl.simulation import RayClusterError, check_ray_init_args
 
 pytestmark = pytest.mark.ray
 
@@ -276,18 +277,20 @@ def test_simulation_joins_a_running_ray_cluster_and_survives_a_failing_client(
     synthetic_data_dir: Path, tmp_path: Path, ray_head: tuple[str, Path]
 ) -> None:
     address, temp = ray_head
-    annotations = tmp_path / "broken_annotations"  # client 2's partition lists no video: a
-    annotations.mkdir()  # well-formed file, so the run starts, and client 2 fails in every round
-    partitions = synthetic_data_dir / "synthetic" / "annotations" / "client_distribution"
-    (annotations / "client_dist1.json").write_text((partitions / "client_dist1.json").read_text())
-    (annotations / "client_dist2.json").write_text("[]")
+    # the dataset linked file by file, with client 2's zips damaged: the dataset passes the
+    # checks before the run (every listed zip is there), and client 2 fails in every round
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir / "synthetic", data / "synthetic", copy_function=os.symlink)
+    partition = data / "synthetic" / "annotations" / "client_distribution" / "client_dist2.json"
+    for record in json.loads(partition.read_text()):
+        zip_path = data / "synthetic" / "zips" / f"{record['name']}.zip"
+        zip_path.unlink()
+        zip_path.write_bytes(b"not a zip")
     run_dir = tmp_path / "run"
     done = subprocess.run(
         [
             sys.executable, "-m", "fedvssl.main", f"hydra.run.dir={run_dir}",
-            f"data_dir={synthetic_data_dir}", *TINY.split(), "rounds=1",
-            f"dataset.partition_template='{annotations}/client_dist{{client}}.json'",
-            f"ray_init_args.address={address}",
+            f"data_dir={data}", *TINY.split(), "rounds=1", f"ray_init_args.address={address}",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -296,7 +299,7 @@ def test_simulation_joins_a_running_ray_cluster_and_survives_a_failing_client(
     record = json.loads((run_dir / "metrics.json").read_text())["rounds"][0]
     assert [c["id"] for c in record["clients"]] == [1]  # client 2 failed: reported, not fatal
     assert record["aggregated"] and len(record["failures"]) == 1
-    assert record["failures"][0].startswith("partition 1: client 2: ValueError:")
+    assert record["failures"][0].startswith("partition 1: client 2: VideoReadError:")
     # the client actors ran on the cluster's node (their logs are in its session), which lives on
     logs = temp / "session_latest" / "logs"
     assert any("ClientAppActor" in p.read_text(errors="replace") for p in logs.glob("worker-*"))
@@ -317,3 +320,14 @@ def test_simulation_joins_a_running_ray_cluster_and_survives_a_failing_client(
     errors = [line for line in nowhere.stdout.splitlines() if "error:" in line]
     assert nowhere.returncode == 2 and len(errors) == 1, nowhere.stdout + nowhere.stderr
     assert "cannot join the Ray cluster" in errors[0]
+
+
+def test_a_key_ray_init_does_not_take_is_refused_before_ray_starts() -> None:
+    # ray.init raises on an unknown key, and run_simulation then hangs: refused before it
+    with pytest.raises(
+        RayClusterError,
+        match=r"^ray_init_args\.num_cpuss is not an argument of ray\.init \(did you mean "
+        r"ray_init_args\.num_cpus\?\)",
+    ):
+        check_ray_init_args({"num_cpus": 2, "num_cpuss": 2, "address": None})
+    check_ray_init_args({"num_cpus": 2, "_temp_dir": "/tmp/ray", "address": None})  # taken

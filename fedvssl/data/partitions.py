@@ -235,14 +235,21 @@ def check_client_lists(
     Raises
     ------
     DataError
-        Naming a missing or malformed file (and its record), or a listed video that is not a
-        train video.
+        Naming a missing, malformed or empty file (and its record), or a listed video that is
+        not a train video. An empty list is refused because its client would fail every round
+        while the others carry the run.
     """
     labels = {r["name"]: r["label"] for r in train}
     for number, path in enumerate(paths, start=1):
         if not path.is_file():
             raise DataError(f"the partition of client {number}, {path}, does not exist")
-        for index, record in enumerate(read_annotations(path, num_classes)):
+        records = read_annotations(path, num_classes)
+        if not records:
+            raise DataError(
+                f"the partition of client {number}, {path}, lists no videos (every client needs "
+                "at least one)"
+            )
+        for index, record in enumerate(records):
             if labels.get(record["name"]) != record["label"]:
                 raise DataError(
                     f"{path}: record {index} ({record['name']}, label {record['label']}) is "
