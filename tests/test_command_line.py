@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
         ("base", ["+finetune.epoch=1"], "did you mean finetune.epochs?"),
         ("base", ["finetune.epochs=1"], "write '+finetune.epochs=1'"),
         ("base", ["+rounds=3"], "rounds is already a key: write 'rounds=3' without '+'"),
+        ("base", ["ray_init_args.num_cpus=2"], "write '+ray_init_args.num_cpus=2'"),
+        ("base", ["+ray_init_args.address=auto"], "write 'ray_init_args.address=auto' without"),
         ("report", ["grid.alphas=[1]"], "did you mean grid.alpha?"),
         ("base", ["dataset=ucf102"], "unknown dataset 'ucf102' in 'dataset=ucf102'; the options"),
         ("base", ["strategy.alpha=0,1"], "'strategy.alpha=0,1' is a sweep: add --multirun"),

@@ -184,14 +184,15 @@ def check_overrides(config_name: str, lines: list[str], multirun: bool) -> None:
     present, passed_on = _known_keys(config_name, _group_choices(ours, groups))
     for override in ours:
         key, line = override.key_or_group, str(override.input_line)
-        if key in groups or _is_open(key, config_name):
+        if key in groups:
             continue
-        if key in passed_on and override.type.name == "CHANGE":
-            raise CommandLineError(f"{key} is passed on, not in the config: write '+{line}'")
-        if key not in present | passed_on:
-            raise _unknown(key, line, present | passed_on, config_name)
         if key in present and override.is_add():
             raise CommandLineError(f"{key} is already a key: write {line[1:]!r} without '+'")
+        passed = key not in present and (key in passed_on or _is_open(key, config_name))
+        if passed and override.type.name == "CHANGE":
+            raise CommandLineError(f"{key} is passed on, not in the config: write '+{line}'")
+        if key not in present and not passed:
+            raise _unknown(key, line, present | passed_on, config_name)
 
 
 def _is_sweep(line: str) -> bool:
