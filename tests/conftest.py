@@ -100,21 +100,6 @@ def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data_dir
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 25) -> None:
-    """Write uint8 RGB frames [T,H,W,3] as an MPEG-4 (XVID) .avi with PyAV."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.codec_tag = "XVID"
-        for image in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-
-
 def write_frame_zip(path: Path, frames: np.ndarray) -> None:
     """Write frames as the CtP zip of JPEGs (img_00001.jpg, ...)."""
     import zipfile
@@ -150,9 +135,11 @@ def tiny_video_root(tmp_path: Path) -> Path:
         "MoveRight/v_MoveRight_g02_c01",
         "Still/v_Still_g01_c01",
     ]
+    from fedvssl.data.synthetic import write_video
+
     for index, name in enumerate(names):
         frames = moving_square_frames(24, 48, 64, seed=index)
-        write_video(root / "UCF101_raw" / f"{name.split('/')[1]}.avi", frames)
+        write_video(root / "UCF101_raw" / f"{name.split('/')[1]}.avi", frames, bit_rate=None)
         write_frame_zip(root / "zips" / f"{name}.zip", frames)
     labels = {"MoveRight": 1, "Still": 2}
     items = [{"name": n, "label": labels[n.split("/")[0]]} for n in names]

@@ -24,7 +24,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import av
 import cv2
 import numpy as np
 import pytest
@@ -32,6 +31,7 @@ import pytest
 from fedvssl.data.errors import DataError
 from fedvssl.data.kinetics import class_index
 from fedvssl.data.preparation import dataset_is_prepared, prepare_dataset
+from fedvssl.data.synthetic import write_video
 from fedvssl.run_config import ConfigValue, node_client_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,18 +47,12 @@ CLASSES = {
 HEADER = "label,youtube_id,time_start,time_end,split"
 
 
-def write_clip(path: Path, frames: np.ndarray, fps: int = 25) -> None:
+CODECS = {".mp4": "libx264", ".webm": "libvpx", ".mkv": "mpeg4", ".mov": "mpeg4"}
+
+
+def write_clip(path: Path, frames: np.ndarray) -> None:
     """Encode RGB frames [T,H,W,3] in the container the suffix names (H.264, VP8, MPEG-4)."""
-    codec = {".mp4": "libx264", ".webm": "libvpx", ".mkv": "mpeg4", ".mov": "mpeg4"}[path.suffix]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        assert isinstance(stream, av.VideoStream)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        for image in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
+    write_video(path, frames, bit_rate=None, codec=CODECS[path.suffix])
 
 
 def clip_frames(

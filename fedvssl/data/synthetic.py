@@ -27,6 +27,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -70,31 +71,53 @@ class VideoSpec:
         return f"v_{self.motion}_g{self.group:02d}_c{self.clip:02d}.avi"
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 25, bit_rate: int = 800_000) -> Path:
-    """Encode RGB frames as an MPEG-4 (XVID tag) AVI file with PyAV, atomically.
+# The containers :func:`write_video` writes, by file suffix (the temporary name hides it).
+CONTAINERS = {".avi": "avi", ".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
+
+
+def write_video(
+    path: Path,
+    frames: np.ndarray,
+    fps: int = 25,
+    bit_rate: int | None = 800_000,
+    *,
+    codec: str = "mpeg4",
+    options: dict[str, str] | None = None,
+) -> Path:
+    """Encode RGB frames as a video file with PyAV, atomically.
+
+    The synthetic set's videos are MPEG-4 in AVI with UCF-101's XVID tag (the defaults); tests
+    and benchmarks write other codecs and containers through the same function.
 
     Parameters
     ----------
     path : Path
-        Destination ``.avi`` file.
+        Destination file; its suffix names the container (:data:`CONTAINERS`).
     frames : numpy.ndarray
         RGB uint8 frames [T, H, W, 3]; H and W must be even.
     fps : int
         Frame rate.
-    bit_rate : int
-        Target bit rate in bits per second.
+    bit_rate : int or None
+        Target bit rate in bits per second; None leaves the rate to the codec (libx264's crf).
+    codec : str
+        FFmpeg encoder (``mpeg4``, ``libx264``, ``libvpx``).
+    options : dict or None
+        Encoder options, e.g. ``{"preset": "fast", "crf": "23"}``.
 
     Returns
     -------
     Path
         ``path``.
     """
-    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="avi") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.codec_context.codec_tag = "XVID"
+    container_format = CONTAINERS[path.suffix.lower()]
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format=container_format) as container:
+        stream = cast(av.VideoStream, container.add_stream(codec, rate=fps, options=options or {}))
+        if container_format == "avi":
+            stream.codec_context.codec_tag = "XVID"  # the FourCC of UCF-101's files
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.bit_rate = bit_rate
+        if bit_rate is not None:
+            stream.bit_rate = bit_rate
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode(None))
