@@ -88,7 +88,9 @@ def source_frames(source: Path | None, count: int) -> np.ndarray:
 def encode_clip(path: Path, frames: np.ndarray, size: tuple[int, int]) -> None:
     """Encode frames at ``size`` (W, H) as H.264 in an MP4 (libx264, yuv420p, 30 fps)."""
     resized = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
-    write_video(path, resized, FPS, None, codec="libx264", options={"preset": "fast", "crf": "23"})
+    write_video(
+        path, resized, FPS, bit_rate=None, codec="libx264", options={"preset": "fast", "crf": "23"}
+    )
 
 
 def make_clips(

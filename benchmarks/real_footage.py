@@ -49,7 +49,9 @@ def cut(video: Path, out: Path, frames: int, step: int) -> list[str]:
     names = []
     for i, start in enumerate(range(0, len(decoded) - frames + 1, step)):
         path = out / video.stem / f"{video.stem}_{i:02d}.mp4"
-        write_video(path, decoded[start : start + frames], round(fps), None, codec="libx264")
+        write_video(
+            path, decoded[start : start + frames], round(fps), bit_rate=None, codec="libx264"
+        )
         names.append(str(path.relative_to(out)))
     return names
 
